@@ -1,0 +1,48 @@
+# The two commands: `make run` (whole service, embedded defaults) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint fmt demo chaos fuzz bench install clean-data
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m config.launcher
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+
+demo: $(STAMP)
+	$(PY) -m bench.demo
+
+chaos: $(STAMP)
+	$(PY) -m pytest -m chaos tests/chaos -v
+
+fuzz: $(STAMP)
+	$(PY) -m pytest tests/api/test_schemathesis.py -v
+
+bench: $(STAMP)
+	$(PY) bench/quotes.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/ws.py
+
+clean-data:
+	rm -rf .data

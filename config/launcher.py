@@ -1,0 +1,116 @@
+"""`make run`: the whole service in one command, embedded defaults, Ctrl-C stops it all.
+
+Starts (or joins) the embedded PostgreSQL when DATABASE_URL is unset, migrates, starts the
+Solana sandbox (sandbox mode with a local SOLANA_RPC_URL), seeds the demo treasury and the
+operator account, then runs daphne (REST + WebSocket) and the django-q2 worker. Children
+inherit DATABASE_URL so every process uses the same server; the launcher keeps its handle
+on the embedded server so it stops only after the children are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _log(message: str) -> None:
+    print(f"[run] {message}", flush=True)
+
+
+def _wait_http(url: str, timeout: float, body: bytes | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(url, data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 - local URL
+                if resp.status < 500:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def main() -> int:
+    os.chdir(BASE_DIR)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    started = time.monotonic()
+
+    import django
+
+    django.setup()  # starts or joins the embedded PostgreSQL when DATABASE_URL is unset
+    from django.conf import settings
+    from django.core.management import call_command
+
+    os.environ["DATABASE_URL"] = settings.DATABASE_URL
+    _log(f"database ready ({'embedded' if 'host=/' in settings.DATABASE_URL else 'DATABASE_URL'})")
+    call_command("migrate", interactive=False, verbosity=0)
+    _log("migrations applied")
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(name: str, args: list[str]) -> None:
+        children.append((name, subprocess.Popen(args, cwd=BASE_DIR)))  # noqa: S603
+
+    rpc = urlparse(settings.SOLANA_RPC_URL)
+    if not settings.IS_LIVE and rpc.hostname in ("127.0.0.1", "localhost"):
+        spawn("solana-sandbox", [sys.executable, "-m", "execution.solana.sandbox",
+                                 "--host", "127.0.0.1", "--port", str(rpc.port or 8899),
+                                 "--data-dir", str(settings.DATA_DIR / "solana")])
+        if not _wait_http(settings.SOLANA_RPC_URL, 30,
+                          b'{"jsonrpc":"2.0","id":1,"method":"getHealth"}'):
+            _log("solana sandbox did not start")
+            return _stop(children, 1)
+        _log(f"solana sandbox on {settings.SOLANA_RPC_URL}")
+
+    call_command("seed_demo")
+
+    port = str(settings.PORT)
+    spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,
+                  "--proxy-headers", "config.asgi:application"])
+    spawn("worker", [sys.executable, "manage.py", "qcluster"])
+    if _wait_http(f"http://127.0.0.1:{port}/health", 30):
+        _log(f"serving http://127.0.0.1:{port}  (admin: /admin/, API docs: /api/docs/, "
+             f"WebSocket: ws://127.0.0.1:{port}/ws/) after {time.monotonic() - started:.1f}s")
+        _log("Ctrl-C stops everything")
+
+    stopping = {"signal": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping["signal"] = signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stopping["signal"]:
+        for name, proc in children:
+            if proc.poll() is not None:
+                _log(f"{name} exited with {proc.returncode}; stopping")
+                return _stop(children, 1)
+        time.sleep(0.5)
+    return _stop(children, 0)
+
+
+def _stop(children: list[tuple[str, subprocess.Popen[bytes]]], code: int) -> int:
+    for _name, proc in reversed(children):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in reversed(children):
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _log(f"{name} did not stop in time; killing")
+            proc.kill()
+    _log("stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Settings, read once from the environment (django-environ).
+
+Every knob has a default that runs the embedded setup (`CHAIN_MODE=sandbox`, embedded
+PostgreSQL, the LiteSVM sandbox, fixed prices) and is listed in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from pathlib import Path
+
+import environ
+
+from config.embedded import database_settings_from_uri, embedded_database_uri, sandbox_identity
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / ".data")))
+
+CHAIN_MODE = env.str("CHAIN_MODE", default="sandbox")
+if CHAIN_MODE not in ("sandbox", "live"):
+    raise environ.ImproperlyConfigured("CHAIN_MODE must be 'sandbox' or 'live'")
+IS_LIVE = CHAIN_MODE == "live"
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if IS_LIVE:
+        raise environ.ImproperlyConfigured("SECRET_KEY is required in live mode")
+    # A per-checkout key: stable across restarts, never shared between machines.
+    SECRET_KEY = "sandbox-" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
+PORT = env.int("PORT", default=8000)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "channels_postgres",
+    "django_q",
+    "users",
+    "quotes",
+    "execution",
+    "risk",
+    "settlement",
+]
+
+MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+AUTH_USER_MODEL = "users.User"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: PostgreSQL only. DATABASE_URL, else the embedded server in DATA_DIR. ---
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if not DATABASE_URL:
+    DATABASE_URL = embedded_database_uri(DATA_DIR)
+_db = database_settings_from_uri(DATABASE_URL)
+_db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+_db["CONN_HEALTH_CHECKS"] = True
+_db["OPTIONS"] = {"connect_timeout": 5}
+# Each checkout gets its own test database, so parallel checkouts on one server don't collide.
+_db["TEST"] = {"NAME": "test_solpay_" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Bodies above this are refused before parsing (413 → PAYLOAD_TOO_LARGE).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=256 * 1024)
+
+# --- REST API ---
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["users.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_RATES": {
+        "auth": env.str("THROTTLE_AUTH", default="30/min"),
+        "quote_user": env.str("THROTTLE_QUOTE_USER", default="6000/min"),
+        "quote_ip": env.str("THROTTLE_QUOTE_IP", default="12000/min"),
+        "webhook": env.str("THROTTLE_WEBHOOK", default="6000/min"),
+    },
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Solana payment execution API",
+    "DESCRIPTION": "Quote, pay on Stellar or NEAR, and get a Solana transaction executed.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Cache (throttling, price cache). Redis when given, else the database. ---
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Channels: Redis pub/sub when REDIS_URL is set, else PostgreSQL LISTEN/NOTIFY. ---
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_postgres.core.PostgresChannelLayer",
+            **{k: v for k, v in _db.items() if k in ("ENGINE", "NAME", "USER", "PASSWORD",
+                                                      "HOST", "PORT")},
+        }
+    }
+
+# --- django-q2: ORM broker by default (no extra server), Redis when given. ---
+Q_CLUSTER = {
+    "name": "solpay",
+    "workers": env.int("Q_WORKERS", default=2),
+    "timeout": 150,  # > the 120 s Solana confirmation window
+    "retry": 180,  # must exceed timeout; the broker is at-least-once anyway
+    "max_attempts": 3,
+    "queue_limit": 100,
+    "bulk": 10,
+    "poll": 0.05,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 1000,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+Q_SYNC = env.bool("Q_SYNC", default=False)
+if Q_SYNC:
+    Q_CLUSTER["sync"] = True
+
+# --- Chains (sandbox mode fills missing keys from a per-checkout identity file) ---
+_identity = sandbox_identity(DATA_DIR) if not IS_LIVE else {}
+SOLANA_RPC_URL = env.str("SOLANA_RPC_URL", default="http://127.0.0.1:8899")
+SOLANA_CLUSTER = env.str("SOLANA_CLUSTER", default="sandbox" if not IS_LIVE else "devnet")
+SOLANA_TREASURY_KEY = env.str("SOLANA_TREASURY_KEY",
+                              default=_identity.get("solana_treasury_key", ""))
+SOLANA_USDC_MINT = env.str("SOLANA_USDC_MINT", default="")
+SOLANA_CONFIRM_TIMEOUT_SECONDS = env.int("SOLANA_CONFIRM_TIMEOUT_SECONDS", default=120)
+SOLANA_RPC_TIMEOUT_SECONDS = env.float("SOLANA_RPC_TIMEOUT_SECONDS", default=10.0)
+SOLANA_ALLOWED_PROGRAMS = env.list(
+    "SOLANA_ALLOWED_PROGRAMS",
+    default=[
+        "11111111111111111111111111111111",  # System
+        "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",  # SPL Token
+        "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb",  # Token-2022
+        "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL",  # Associated Token Account
+        "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",  # Memo v2
+        "Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo",  # Memo v1
+        "ComputeBudget111111111111111111111111111111",  # Compute Budget
+    ],
+)
+
+STELLAR_HORIZON_URL = env.str("STELLAR_HORIZON_URL", default="https://horizon-testnet.stellar.org")
+STELLAR_NETWORK_PASSPHRASE = env.str(
+    "STELLAR_NETWORK_PASSPHRASE", default="Test SDF Network ; September 2015"
+)
+STELLAR_TREASURY_ADDRESS = env.str("STELLAR_TREASURY_ADDRESS",
+                                   default=_identity.get("stellar_treasury_address", ""))
+STELLAR_TREASURY_SECRET = env.str("STELLAR_TREASURY_SECRET",
+                                  default=_identity.get("stellar_treasury_secret", ""))
+
+NEAR_RPC_URL = env.str("NEAR_RPC_URL", default="https://rpc.testnet.near.org")
+NEAR_NETWORK = env.str("NEAR_NETWORK", default="testnet")
+NEAR_PAYMENT_ACCOUNT = env.str("NEAR_PAYMENT_ACCOUNT",
+                               default=_identity.get("near_payment_account", ""))
+NEAR_TREASURY_KEY = env.str("NEAR_TREASURY_KEY",
+                            default=_identity.get("near_treasury_key_hex", ""))
+
+CHAIN_HTTP_TIMEOUT_SECONDS = env.float("CHAIN_HTTP_TIMEOUT_SECONDS", default=10.0)
+
+# --- Prices ---
+PYTH_HERMES_URL = env.str("PYTH_HERMES_URL", default="https://hermes.pyth.network")
+PYTH_API_KEY = env.str("PYTH_API_KEY", default="")
+PRICE_MAX_AGE_SECONDS = env.int("PRICE_MAX_AGE_SECONDS", default=60)
+PRICE_MAX_CONFIDENCE_RATIO = env.float("PRICE_MAX_CONFIDENCE_RATIO", default=0.02)
+PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=1.0)
+# Sandbox prices in USD, reported as source "fixed" on every quote.
+SANDBOX_PRICES_USD = {
+    "SOL": env.str("SANDBOX_PRICE_SOL_USD", default="150.00"),
+    "XLM": env.str("SANDBOX_PRICE_XLM_USD", default="0.10"),
+    "NEAR": env.str("SANDBOX_PRICE_NEAR_USD", default="3.00"),
+    "USDC": env.str("SANDBOX_PRICE_USDC_USD", default="1.00"),
+}
+
+# --- Quotes ---
+SERVICE_FEE_RATE = Decimal(env.str("SERVICE_FEE_RATE", default="0.001"))
+QUOTE_SAFETY_BUFFER_RATE = Decimal(env.str("QUOTE_SAFETY_BUFFER_RATE", default="0.005"))
+QUOTE_TTL_SECONDS = env.int("QUOTE_TTL_SECONDS", default=300)
+QUOTE_SIGNING_KEY = env.str("QUOTE_SIGNING_KEY",
+                            default=_identity.get("quote_signing_key_hex", ""))
+
+# --- Risk (seed names; whole SOL / XLM / NEAR) ---
+SOLANA_DAILY_LIMIT = Decimal(env.str("SOLANA_DAILY_LIMIT", default="100"))
+STELLAR_DAILY_LIMIT = Decimal(env.str("STELLAR_DAILY_LIMIT", default="1000000"))
+NEAR_DAILY_LIMIT = Decimal(env.str("NEAR_DAILY_LIMIT", default="10000"))
+USER_DAILY_LIMIT_SOL = Decimal(env.str("USER_DAILY_LIMIT_SOL", default="20"))
+PER_TRANSACTION_LIMIT_SOL = Decimal(env.str("PER_TRANSACTION_LIMIT_SOL", default="10"))
+CIRCUIT_BREAKER_ENABLED = env.bool("CIRCUIT_BREAKER_ENABLED", default=True)
+HOURLY_OUTFLOW_THRESHOLD = Decimal(env.str("HOURLY_OUTFLOW_THRESHOLD", default="0.20"))
+CONSECUTIVE_FAILURE_THRESHOLD = env.int("CONSECUTIVE_FAILURE_THRESHOLD", default=5)
+VOLUME_SPIKE_RATIO = Decimal(env.str("VOLUME_SPIKE_RATIO", default="2.0"))
+VOLUME_SPIKE_FLOOR = env.int("VOLUME_SPIKE_FLOOR", default=100)
+WITHDRAWAL_APPROVAL_THRESHOLD_USD = Decimal(
+    env.str("WITHDRAWAL_APPROVAL_THRESHOLD_USD", default="1000")
+)
+
+# --- Webhooks and alerts ---
+WEBHOOK_SECRET = env.str("WEBHOOK_SECRET", default="")
+if not WEBHOOK_SECRET and not IS_LIVE:
+    WEBHOOK_SECRET = "sandbox-webhook-" + hashlib.sha256(SECRET_KEY.encode()).hexdigest()[:32]
+WEBHOOK_TOLERANCE_SECONDS = env.int("WEBHOOK_TOLERANCE_SECONDS", default=300)
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+
+# --- Operators ---
+ADMIN_OTP_REQUIRED = env.bool("ADMIN_OTP_REQUIRED", default=IS_LIVE)
+SETTLEMENT_STUCK_AFTER_SECONDS = env.int("SETTLEMENT_STUCK_AFTER_SECONDS", default=3600)
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+
+# --- Logging: one JSON object per line, request id and quote id attached. ---
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "config.logging.ContextFilter"}},
+    "formatters": {"json": {"()": "config.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json",
+                    "filters": ["context"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "django_q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
+        "daphne": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
+}
+
+# --- Operator account created by `make run` (Django's standard names) ---
+DJANGO_SUPERUSER_USERNAME = env.str("DJANGO_SUPERUSER_USERNAME", default="")
+DJANGO_SUPERUSER_PASSWORD = env.str("DJANGO_SUPERUSER_PASSWORD", default="")

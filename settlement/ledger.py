@@ -1,0 +1,141 @@
+"""The ledger's one write path: balanced journal entries, posted once per business event.
+
+`ledger_post` writes an entry and its postings in the caller's transaction. Its
+`reference` is UNIQUE, so posting the same business event twice (a replayed webhook, a
+retried task) is refused by PostgreSQL; `ledger_post` then returns the existing entry.
+Balance is checked here for a clear error, and again by the deferred trigger at commit.
+
+Account codes (one place builds them, so every app names accounts the same way):
+  treasury:<chain>:<asset>            asset      our wallet on that chain
+  customer_funds:<chain>:<asset>      liability  quote payments received, not yet earned
+  refunds_payable:<chain>:<asset>     liability  money we owe back (refund records)
+  unmatched_deposits:<chain>:<asset>  liability  payments nobody claimed yet
+  user_balance:<user>:<asset>         liability  a user's prepaid balance (available)
+  user_locked:<user>:<asset>          liability  the part locked for a committed quote
+  revenue:<chain>:<asset>             revenue    what executed quotes earned (fee included)
+  network_fees:solana:SOL             expense    Solana fees the treasury paid
+  delivered:solana:<asset>            expense    value the treasury sent to recipients
+  inventory_funding:<chain>:<asset>   equity     inventory put in by the owners
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+
+from config.chains import Chain
+from settlement.models import JournalEntry, LedgerAccount, Posting
+
+Kind = LedgerAccount.Kind
+
+_ACCOUNT_KINDS = {
+    "treasury": Kind.ASSET,
+    "customer_funds": Kind.LIABILITY,
+    "refunds_payable": Kind.LIABILITY,
+    "unmatched_deposits": Kind.LIABILITY,
+    "user_balance": Kind.LIABILITY,
+    "user_locked": Kind.LIABILITY,
+    "revenue": Kind.REVENUE,
+    "network_fees": Kind.EXPENSE,
+    "delivered": Kind.EXPENSE,
+    "inventory_funding": Kind.EQUITY,
+}
+
+
+class UnbalancedEntry(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One side of a movement: `amount` > 0 debits the account, < 0 credits it."""
+
+    account: str
+    asset: str
+    amount: int
+
+
+def account_code(kind: str, scope: str, asset: str) -> str:
+    if kind not in _ACCOUNT_KINDS:
+        raise ValueError(f"unknown ledger account kind {kind!r}")
+    return f"{kind}:{scope}:{asset}"
+
+
+def _chain_of(code: str, asset: str) -> str:
+    scope = code.split(":")[1]
+    if scope in Chain.values:
+        return scope
+    return {"XLM": Chain.STELLAR, "NEAR": Chain.NEAR}.get(asset, Chain.SOLANA)
+
+
+def _accounts(codes: Iterable[tuple[str, str]]) -> dict[str, LedgerAccount]:
+    """Fetch or create accounts by code in one query when they all exist."""
+    wanted = dict(codes)
+    found = {a.code: a for a in LedgerAccount.objects.filter(code__in=wanted)}
+    for code, asset in wanted.items():
+        if code not in found:
+            kind_name, scope = code.split(":")[0], code.split(":")[1]
+            user_id = scope if kind_name in ("user_balance", "user_locked") else None
+            found[code], _ = LedgerAccount.objects.get_or_create(
+                code=code,
+                defaults={"kind": _ACCOUNT_KINDS[kind_name], "asset": asset,
+                          "chain": _chain_of(code, asset), "user_id": user_id},
+            )
+    return found
+
+
+def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str = "",
+                quote_id: Any = None, user_id: Any = None, tx_hash: str = "") -> JournalEntry:
+    """Post a balanced entry once per `reference`; a repeat returns the first entry."""
+    totals: dict[str, int] = defaultdict(int)
+    for leg in legs:
+        if leg.amount == 0:
+            raise UnbalancedEntry("a leg of zero moves nothing")
+        totals[leg.asset] += leg.amount
+    if not legs or any(totals.values()):
+        raise UnbalancedEntry(f"entry {reference} does not balance: {dict(totals)}")
+
+    accounts = _accounts((leg.account, leg.asset) for leg in legs)
+    try:
+        with transaction.atomic():  # savepoint: a duplicate reference must not poison the caller
+            entry = JournalEntry.objects.create(
+                reference=reference, kind=kind, description=description,
+                quote_id=quote_id, user_id=user_id, tx_hash=tx_hash,
+            )
+            Posting.objects.bulk_create(
+                Posting(entry=entry, account=accounts[leg.account], asset=leg.asset,
+                        amount=Decimal(leg.amount))
+                for leg in legs
+            )
+    except IntegrityError:
+        existing = JournalEntry.objects.filter(reference=reference).first()
+        if existing is None:
+            raise
+        return existing
+    return entry
+
+
+def account_balance(code: str) -> int:
+    """Debit-positive balance of one account (liabilities therefore read negative)."""
+    total = Posting.objects.filter(account__code=code).aggregate(s=Sum("amount"))["s"]
+    return int(total or 0)
+
+
+def balances_by_account(prefix: str = "") -> dict[str, int]:
+    rows = (Posting.objects.filter(account__code__startswith=prefix)
+            .values("account__code").annotate(total=Sum("amount")))
+    return {r["account__code"]: int(r["total"]) for r in rows}
+
+
+def unbalanced_entries() -> list[dict[str, Any]]:
+    """Entries whose postings do not sum to zero per asset (should always be empty)."""
+    rows = (Posting.objects.values("entry_id", "asset").annotate(total=Sum("amount"))
+            .exclude(total=0))
+    return [{"entry_id": str(r["entry_id"]), "asset": r["asset"], "sum": int(r["total"])}
+            for r in rows]
