@@ -96,7 +96,8 @@ _db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 _db["CONN_HEALTH_CHECKS"] = True
 _db["OPTIONS"] = {"connect_timeout": 5}
 # Each checkout gets its own test database, so parallel checkouts on one server don't collide.
-_db["TEST"] = {"NAME": "test_solpay_" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]}
+_db["TEST"] = {"NAME": "test_solpay_" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]
+               + (f"_{env.str('TEST_DB_SUFFIX')}" if env.str("TEST_DB_SUFFIX", default="") else "")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,0 +1,115 @@
+"""The quote state machine: the one function that changes a quote's status.
+
+    pending → committed → executing → executed
+    pending → expired | cancelled
+    committed | executing → failed → refund_due → refunded
+    committed → pending is NOT allowed (a payment, once verified, is never un-done)
+
+`quote_transition` locks the row (SELECT ... FOR UPDATE) inside the caller's transaction,
+re-reads the status, refuses a move the table does not allow, writes the transition row
+and the audit event, and publishes the WebSocket event after commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import Conflict
+from config.events import publish_after_commit
+from quotes.models import Quote, QuoteStatus, QuoteTransition
+from risk.audit import audit_record
+
+S = QuoteStatus
+ALLOWED: dict[str, set[str]] = {
+    S.PENDING: {S.COMMITTED, S.EXPIRED, S.CANCELLED},
+    S.COMMITTED: {S.EXECUTING, S.FAILED},
+    S.EXECUTING: {S.EXECUTED, S.FAILED},
+    S.FAILED: {S.REFUND_DUE},
+    S.REFUND_DUE: {S.REFUNDED},
+    S.EXECUTED: set(),
+    S.EXPIRED: set(),
+    S.CANCELLED: set(),
+    S.REFUNDED: set(),
+}
+FINAL = {S.EXECUTED, S.EXPIRED, S.CANCELLED, S.REFUNDED}
+
+_TIMESTAMP_FIELD = {S.COMMITTED: "committed_at", S.EXECUTED: "executed_at"}
+
+
+class InvalidTransition(Conflict):
+    code = "INVALID_STATE_TRANSITION"
+
+
+def lock_quote(quote_id: Any) -> Quote:
+    """Lock one quote row for the rest of the transaction."""
+    return Quote.objects.select_for_update().get(pk=quote_id)
+
+
+def quote_transition(*, quote_id: Any, to_status: str, actor: str,
+                     details: dict[str, Any] | None = None, tx_hash: str = "",
+                     expected_from: set[str] | None = None,
+                     quote: Quote | None = None) -> Quote:
+    """Move a quote to `to_status`. Must run inside `transaction.atomic()`.
+
+    `expected_from` narrows the allowed sources further (e.g. only `pending` may be
+    committed by a payment). Pass `quote` when the caller already holds its lock.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("quote_transition must run inside transaction.atomic()")
+    if quote is None:
+        quote = lock_quote(quote_id)
+    previous = quote.status
+    allowed = ALLOWED[previous] if expected_from is None else (
+        ALLOWED[previous] if previous in expected_from else set())
+    if to_status not in allowed:
+        raise InvalidTransition(
+            f"Quote is {previous}; it cannot become {to_status}",
+            details={"status": previous, "requested": to_status},
+        )
+    now = timezone.now()
+    quote.status = to_status
+    update_fields = ["status", "updated_at"]
+    if to_status in _TIMESTAMP_FIELD:
+        setattr(quote, _TIMESTAMP_FIELD[to_status], now)
+        update_fields.append(_TIMESTAMP_FIELD[to_status])
+    quote.save(update_fields=update_fields)
+    QuoteTransition.objects.create(quote=quote, from_status=previous, to_status=to_status,
+                                   at=now, actor=actor, details=details or {}, tx_hash=tx_hash)
+    audit_record(event_type=f"quote_{to_status}", actor=actor, entity_type="quote",
+                 entity_id=quote.pk, user_id=quote.user_id,
+                 details={"from": previous, "to": to_status, "tx_hash": tx_hash,
+                          **(details or {})})
+    publish_after_commit(event=quote_status_event(quote, previous=previous, at=now),
+                         user_id=quote.user_id, quote_id=quote.pk)
+    return quote
+
+
+def quote_status_event(quote: Quote, *, previous: str | None, at: Any = None) -> dict[str, Any]:
+    """The one event shape for quote status, live and on (re)connect (DESIGN.md §7)."""
+    return {
+        "event": "quote.status",
+        "quote_id": str(quote.pk),
+        "status": quote.status,
+        "previous": previous,
+        "execution": _execution_summary(quote),
+        "at": (at or quote.updated_at or timezone.now()).isoformat(),
+    }
+
+
+def _execution_summary(quote: Quote) -> dict[str, Any] | None:
+    from execution.models import Execution
+
+    execution = Execution.objects.filter(quote_id=quote.pk).only(
+        "status", "signature", "fail_reason", "error_message", "confirmed_at").first()
+    if execution is None:
+        return None
+    return {
+        "status": execution.status,
+        "signature": execution.signature or None,
+        "fail_reason": execution.fail_reason or None,
+        "error_message": execution.error_message or None,
+        "confirmed_at": execution.confirmed_at.isoformat() if execution.confirmed_at else None,
+    }
