@@ -72,6 +72,7 @@ def main() -> int:
         _log(f"solana sandbox on {settings.SOLANA_RPC_URL}")
 
     call_command("seed_demo")
+    call_command("ensure_schedules")
 
     port = str(settings.PORT)
     spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,

@@ -1,0 +1,21 @@
+"""Periodic django-q2 jobs, created idempotently at start-up (`make run`) and by
+`manage.py ensure_schedules`. Each app appends its jobs to SCHEDULES here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (name, dotted function path, minutes between runs)
+SCHEDULES: list[tuple[str, str, int]] = []
+
+
+def schedules_ensure() -> list[str]:
+    from django_q.models import Schedule
+
+    names = []
+    for name, func, minutes in SCHEDULES:
+        defaults: dict[str, Any] = {"func": func, "schedule_type": Schedule.MINUTES,
+                                    "minutes": minutes, "repeats": -1}
+        Schedule.objects.update_or_create(name=name, defaults=defaults)
+        names.append(name)
+    return names
