@@ -1,0 +1,577 @@
+"""`SolanaBackend`: the one interface services use to read and write the Solana chain.
+
+Synchronous API over solana-py's `AsyncClient`. One backend owns one private event loop
+thread and one client (one HTTP connection pool); calls from any number of threads run
+concurrently on that loop. The same class talks to a real RPC node (live mode) and to the
+sandbox server (sandbox mode): only the URL differs.
+
+Errors are a small hierarchy:
+
+* `SolanaUnavailable`: no answer (connection refused/reset, timeout, HTTP 5xx/429, node
+  unhealthy). For `send_raw` this means the outcome is UNKNOWN: the transaction may have
+  been executed. Look the signature up before doing anything else.
+* `SolanaRpcError`: the node answered with an error (`code`, `message`, `data`,
+  `tx_error` for preflight failures). Subclasses `BlockhashNotFound` and
+  `AlreadyProcessed` come from preflight (only when `skip_preflight=False`).
+
+Transaction errors are returned as the RPC's JSON value (`TxError`):
+``None`` on success, else e.g. ``"BlockhashNotFound"`` or
+``{"InstructionError": [0, {"Custom": 1}]}``: plain data, safe to store in a JSONField.
+
+Do not call this from inside a running event loop (async consumers): wrap it with
+`asgiref.sync.sync_to_async` there. The backend is fork-safe: a child process that
+inherits it starts its own loop and client on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import threading
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx2
+from solana.exceptions import SolanaRpcException
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Commitment, Confirmed
+from solana.rpc.core import RPCException, RPCNoResultException
+from solana.rpc.models import TxOpts
+from solders.account import Account
+from solders.hash import Hash
+from solders.message import Message, MessageV0
+from solders.pubkey import Pubkey
+from solders.rpc import errors as rpc_errors
+from solders.signature import Signature
+from solders.transaction import VersionedTransaction
+from solders.rpc.errors import RpcCustomErrorFieldless
+
+T = TypeVar("T")
+TxError = Any  # JSON value of a TransactionError; None means success
+
+DEFAULT_TIMEOUT = 10.0
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class SolanaError(Exception):
+    """Base of everything the backend raises."""
+
+
+class SolanaUnavailable(SolanaError):
+    """The node did not answer (or answered 5xx/429/unhealthy). Outcome of a send unknown."""
+
+
+class SolanaRpcError(SolanaError):
+    """The node answered with a JSON-RPC error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        data: Any = None,
+        tx_error: TxError = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.data = data
+        self.tx_error = tx_error
+
+
+class BlockhashNotFound(SolanaRpcError):
+    """Preflight: the transaction's blockhash is unknown or expired. It cannot land."""
+
+
+class AlreadyProcessed(SolanaRpcError):
+    """Preflight: this exact transaction (same signature) has already landed."""
+
+
+_ERROR_CODES: dict[type, int] = {
+    rpc_errors.BlockCleanedUpMessage: -32001,
+    rpc_errors.SendTransactionPreflightFailureMessage: -32002,
+    rpc_errors.BlockNotAvailableMessage: -32004,
+    rpc_errors.NodeUnhealthyMessage: -32005,
+    rpc_errors.TransactionPrecompileVerificationFailureMessage: -32006,
+    rpc_errors.SlotSkippedMessage: -32007,
+    rpc_errors.LongTermStorageSlotSkippedMessage: -32009,
+    rpc_errors.KeyExcludedFromSecondaryIndexMessage: -32010,
+    rpc_errors.ScanErrorMessage: -32012,
+    rpc_errors.BlockStatusNotAvailableYetMessage: -32014,
+    rpc_errors.UnsupportedTransactionVersionMessage: -32015,
+    rpc_errors.MinContextSlotNotReachedMessage: -32016,
+    rpc_errors.ParseErrorMessage: -32700,
+    rpc_errors.InvalidRequestMessage: -32600,
+    rpc_errors.MethodNotFoundMessage: -32601,
+    rpc_errors.InvalidParamsMessage: -32602,
+    rpc_errors.InternalErrorMessage: -32603,
+}
+# solders' fieldless custom errors are unhashable enums: look them up by equality.
+_FIELDLESS_CODES = [
+    (RpcCustomErrorFieldless.TransactionSignatureVerificationFailure, -32003),
+    (RpcCustomErrorFieldless.NoSnapshot, -32008),
+    (RpcCustomErrorFieldless.TransactionHistoryNotAvailable, -32011),
+    (RpcCustomErrorFieldless.TransactionSignatureLenMismatch, -32013),
+]
+
+
+def _json_field(obj: Any, name: str) -> Any:
+    """A field of a solders object in its RPC JSON form (how errors become plain data)."""
+    return json.loads(obj.to_json()).get(name)
+
+
+def _from_rpc_exception(exc: RPCException) -> SolanaError:
+    parsed = exc.args[0] if exc.args else None
+    if isinstance(parsed, RpcCustomErrorFieldless):
+        code = next((c for value, c in _FIELDLESS_CODES if value == parsed), None)
+        return SolanaRpcError(str(parsed), code=code)
+    message = getattr(parsed, "message", str(parsed))
+    code = _ERROR_CODES.get(type(parsed))
+    if isinstance(parsed, rpc_errors.NodeUnhealthyMessage):
+        return SolanaUnavailable(message)
+    if isinstance(parsed, rpc_errors.SendTransactionPreflightFailureMessage):
+        data = json.loads(parsed.to_json()).get("data") or {}
+        tx_error = data.get("err")
+        cls: type[SolanaRpcError] = SolanaRpcError
+        if tx_error == "BlockhashNotFound":
+            cls = BlockhashNotFound
+        elif tx_error == "AlreadyProcessed":
+            cls = AlreadyProcessed
+        return cls(message, code=code, data=data, tx_error=tx_error)
+    data = getattr(parsed, "data", None)
+    return SolanaRpcError(message, code=code, data=data)
+
+
+def _map_exception(exc: BaseException) -> SolanaError:
+    if isinstance(exc, SolanaError):
+        return exc
+    if isinstance(exc, RPCException):
+        return _from_rpc_exception(exc)
+    if isinstance(exc, SolanaRpcException):
+        cause = exc.__cause__
+        if isinstance(cause, httpx2.HTTPStatusError):
+            status = cause.response.status_code
+            if status >= 500 or status == 429:
+                return SolanaUnavailable(f"HTTP {status} from RPC node")
+            return SolanaRpcError(f"HTTP {status} from RPC node", code=status)
+        return SolanaUnavailable(f"RPC node unreachable: {cause!r}")
+    if isinstance(exc, (httpx2.TransportError, TimeoutError, OSError)):
+        return SolanaUnavailable(f"RPC node unreachable: {exc!r}")
+    if isinstance(exc, RPCNoResultException):
+        return SolanaRpcError(str(exc))
+    # The node answered something the SDK could not parse.
+    return SolanaRpcError(f"unexpected RPC answer: {type(exc).__name__}: {exc}")
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationResult:
+    err: TxError
+    logs: list[str]
+    units_consumed: int
+    # Requested accounts after the simulated transaction (None = does not exist).
+    # Empty when the simulation failed: a node returns no accounts then.
+    post_accounts: dict[Pubkey, Account | None]
+    replacement_blockhash: tuple[Hash, int] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.err is None
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureState:
+    """Status of a landed transaction (a signature with no status is returned as None)."""
+
+    slot: int
+    err: TxError
+    confirmation_status: str | None  # "processed" | "confirmed" | "finalized"
+    confirmations: int | None = None
+
+    @property
+    def found(self) -> bool:
+        return True
+
+    @property
+    def succeeded(self) -> bool:
+        return self.err is None
+
+    @property
+    def is_finalized(self) -> bool:
+        return self.confirmation_status == "finalized"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBalance:
+    account_index: int
+    account: Pubkey
+    mint: Pubkey
+    owner: Pubkey | None
+    amount: int
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionDetails:
+    slot: int
+    block_time: int | None
+    fee: int
+    err: TxError
+    compute_units_consumed: int | None
+    account_keys: list[Pubkey]  # static keys, then loaded writable, then loaded readonly
+    pre_balances: list[int]
+    post_balances: list[int]
+    pre_token_balances: list[TokenBalance] = field(default_factory=list)
+    post_token_balances: list[TokenBalance] = field(default_factory=list)
+    log_messages: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.err is None
+
+    def lamport_delta(self, pubkey: Pubkey) -> int:
+        """post - pre lamports of an account (fee included for the fee payer)."""
+        delta = 0
+        for index, key in enumerate(self.account_keys):
+            if key == pubkey:
+                return self.post_balances[index] - self.pre_balances[index]
+        return delta
+
+    def token_delta(self, token_account: Pubkey) -> int:
+        """post - pre raw token amount of a token account (0 if not involved)."""
+        pre = {b.account: b.amount for b in self.pre_token_balances}
+        post = {b.account: b.amount for b in self.post_token_balances}
+        return post.get(token_account, 0) - pre.get(token_account, 0)
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class SolanaBackend:
+    """Sync facade over one `AsyncClient`. Thread-safe; create one per process and reuse it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        commitment: Commitment = Confirmed,
+        read_retries: int = 1,
+        max_connections: int = 32,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.commitment = commitment
+        self.read_retries = read_retries
+        self.max_connections = max_connections
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: AsyncClient | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, commitment: Commitment = Confirmed
+    ) -> SolanaBackend:
+        return cls(url, timeout=timeout, commitment=commitment)
+
+    def __repr__(self) -> str:
+        return f"SolanaBackend({self.url!r})"
+
+    # -- loop plumbing -------------------------------------------------------------------
+
+    def _ensure_started(self) -> tuple[asyncio.AbstractEventLoop, AsyncClient]:
+        with self._lock:
+            if self._pid != os.getpid() or self._loop is None or self._client is None:
+                # First use, or we are a forked child: the parent's loop thread is gone.
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name=f"solana-rpc {self.url}", daemon=True
+                )
+                thread.start()
+                # max_transport_retries=0: a transport error must reach us, because a
+                # silently re-sent request hides a lost response from the caller.
+                client = AsyncClient(
+                    self.url,
+                    commitment=self.commitment,
+                    timeout=self.timeout,
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                    max_transport_retries=0,
+                )
+                self._loop, self._thread, self._client = loop, thread, client
+                self._pid = os.getpid()
+            return self._loop, self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop, _ = self._ensure_started()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("SolanaBackend called from its own event loop thread")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(self.timeout * 2 + 1)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise SolanaUnavailable(f"RPC call timed out after {self.timeout}s") from None
+        except Exception as exc:
+            mapped = _map_exception(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _read(self, make: Any) -> Any:
+        """Run an idempotent read, retrying on SolanaUnavailable."""
+        attempts = self.read_retries + 1
+        for attempt in range(attempts):
+            _, client = self._ensure_started()
+            try:
+                return self._run(make(client))
+            except SolanaUnavailable:
+                if attempt + 1 >= attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread, client = self._loop, self._thread, self._client
+            self._loop = self._thread = self._client = None
+            pid, self._pid = self._pid, None
+        if loop is None or client is None or pid != os.getpid():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(client.close(), loop).result(self.timeout)
+        except Exception:  # noqa: S110 - closing is best effort
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(self.timeout)
+        loop.close()
+
+    def __enter__(self) -> SolanaBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def latest_blockhash(self) -> tuple[Hash, int]:
+        """(blockhash, lastValidBlockHeight): the tx can land while block_height() <= it."""
+        resp = self._read(lambda c: c.get_latest_blockhash())
+        return resp.value.blockhash, resp.value.last_valid_block_height
+
+    def block_height(self) -> int:
+        return int(self._read(lambda c: c.get_block_height()).value)
+
+    def slot(self) -> int:
+        return int(self._read(lambda c: c.get_slot()).value)
+
+    def balance(self, pubkey: Pubkey) -> int:
+        """Lamports (0 for an account that does not exist)."""
+        return int(self._read(lambda c: c.get_balance(pubkey)).value)
+
+    def account(self, pubkey: Pubkey) -> Account | None:
+        return self._read(lambda c: c.get_account_info(pubkey, encoding="base64")).value
+
+    def accounts(self, pubkeys: Sequence[Pubkey]) -> dict[Pubkey, Account | None]:
+        keys = list(pubkeys)
+        out: dict[Pubkey, Account | None] = {}
+        for start in range(0, len(keys), 100):
+            chunk = keys[start : start + 100]
+            resp = self._read(lambda c, chunk=chunk: c.get_multiple_accounts(chunk, encoding="base64"))
+            out.update(zip(chunk, resp.value, strict=True))
+        return out
+
+    def token_balance(self, token_account: Pubkey) -> int:
+        """Raw token amount (smallest unit) of an SPL token account; 0 if it does not exist."""
+        try:
+            resp = self._read(lambda c: c.get_token_account_balance(token_account))
+        except SolanaRpcError as exc:
+            if exc.code == -32602 and "could not find account" in exc.message:
+                return 0
+            raise
+        return int(resp.value.amount)
+
+    def minimum_rent(self, size: int) -> int:
+        """Lamports that make an account of `size` data bytes rent-exempt."""
+        return int(self._read(lambda c: c.get_minimum_balance_for_rent_exemption(size)).value)
+
+    def fee_for_message(self, message: Message | MessageV0) -> int | None:
+        """Fee the node would charge (signatures + priority fee); None if blockhash expired."""
+        resp = self._read(lambda c: c.get_fee_for_message(message))  # type: ignore[arg-type]
+        return None if resp.value is None else int(resp.value)
+
+    def simulate(
+        self,
+        tx: VersionedTransaction,
+        accounts: Sequence[Pubkey] = (),
+        *,
+        sig_verify: bool = False,
+        replace_recent_blockhash: bool = False,
+    ) -> SimulationResult:
+        addresses = list(accounts)
+        resp = self._read(
+            lambda c: c.simulate_transaction(
+                tx,
+                sig_verify=sig_verify,
+                replace_recent_blockhash=replace_recent_blockhash,
+                accounts_addresses=addresses or None,
+                accounts_encoding="base64",
+            )
+        )
+        value = resp.value
+        err = _json_field(value, "err")
+        post: dict[Pubkey, Account | None] = {}
+        if err is None and value.accounts is not None:
+            for pubkey, ui_account in zip(addresses, value.accounts, strict=True):
+                post[pubkey] = _account_from_ui(ui_account)
+        replacement = None
+        if value.replacement_blockhash is not None:
+            replacement = (
+                Hash.from_string(str(value.replacement_blockhash.blockhash)),
+                int(value.replacement_blockhash.last_valid_block_height),
+            )
+        return SimulationResult(
+            err=err,
+            logs=list(value.logs or []),
+            units_consumed=int(value.units_consumed or 0),
+            post_accounts=post,
+            replacement_blockhash=replacement,
+        )
+
+    def signature_statuses(self, signatures: Sequence[Signature]) -> list[SignatureState | None]:
+        """Statuses searched in the whole history (not only the recent status cache)."""
+        sigs = list(signatures)
+        out: list[SignatureState | None] = []
+        for start in range(0, len(sigs), 256):
+            chunk = sigs[start : start + 256]
+            resp = self._read(
+                lambda c, chunk=chunk: c.get_signature_statuses(
+                    chunk, search_transaction_history=True
+                )
+            )
+            for status in resp.value:
+                if status is None:
+                    out.append(None)
+                    continue
+                raw = json.loads(status.to_json())
+                out.append(
+                    SignatureState(
+                        slot=int(raw["slot"]),
+                        err=raw.get("err"),
+                        confirmation_status=raw.get("confirmationStatus"),
+                        confirmations=raw.get("confirmations"),
+                    )
+                )
+        return out
+
+    def signature_status(self, signature: Signature) -> SignatureState | None:
+        return self.signature_statuses([signature])[0]
+
+    def transaction(self, signature: Signature) -> TransactionDetails | None:
+        resp = self._read(
+            lambda c: c.get_transaction(
+                signature, encoding="json", max_supported_transaction_version=0
+            )
+        )
+        if resp.value is None:
+            return None
+        return _transaction_details(resp.value)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def send_raw(self, raw: bytes, *, skip_preflight: bool = True) -> Signature:
+        """Hand signed wire bytes to the node once (max_retries=0, no confirmation wait).
+
+        With skip_preflight (the default) a node answers with the signature even if the
+        transaction can never land; only getSignatureStatuses tells. SolanaUnavailable
+        here means the transaction may or may not have been executed.
+        """
+        opts = TxOpts(
+            skip_preflight=skip_preflight,
+            skip_confirmation=True,
+            preflight_commitment=self.commitment,
+            max_retries=0,
+        )
+        _, client = self._ensure_started()
+        resp = self._run(client.send_raw_transaction(raw, opts))
+        return resp.value
+
+    def request_airdrop(self, pubkey: Pubkey, lamports: int) -> Signature:
+        """requestAirdrop (sandbox faucet, devnet/testnet faucets)."""
+        _, client = self._ensure_started()
+        return self._run(client.request_airdrop(pubkey, lamports)).value
+
+
+def _account_from_ui(ui_account: Any) -> Account | None:
+    """solana-py already decodes base64 accounts into solders `Account`s."""
+    if ui_account is None or isinstance(ui_account, Account):
+        return ui_account
+    raise SolanaRpcError(f"unexpected account encoding in RPC answer: {ui_account!r}")
+
+
+def _token_balances(balances: Any, keys: list[Pubkey]) -> list[TokenBalance]:
+    out = []
+    for balance in balances or []:
+        index = int(balance.account_index)
+        owner = balance.owner
+        out.append(
+            TokenBalance(
+                account_index=index,
+                account=keys[index],
+                mint=Pubkey.from_string(str(balance.mint)),
+                owner=None if owner is None else Pubkey.from_string(str(owner)),
+                amount=int(balance.ui_token_amount.amount),
+                decimals=int(balance.ui_token_amount.decimals),
+            )
+        )
+    return out
+
+
+def _transaction_details(value: Any) -> TransactionDetails:
+    meta = value.transaction.meta
+    message = value.transaction.transaction.message
+    keys = [Pubkey.from_string(str(k)) for k in message.account_keys]
+    loaded = meta.loaded_addresses
+    if loaded is not None:
+        keys += [Pubkey.from_string(str(k)) for k in loaded.writable]
+        keys += [Pubkey.from_string(str(k)) for k in loaded.readonly]
+    return TransactionDetails(
+        slot=int(value.slot),
+        block_time=None if value.block_time is None else int(value.block_time),
+        fee=int(meta.fee),
+        err=_json_field(meta, "err"),
+        compute_units_consumed=(
+            None if meta.compute_units_consumed is None else int(meta.compute_units_consumed)
+        ),
+        account_keys=keys,
+        pre_balances=[int(b) for b in meta.pre_balances],
+        post_balances=[int(b) for b in meta.post_balances],
+        pre_token_balances=_token_balances(meta.pre_token_balances, keys),
+        post_token_balances=_token_balances(meta.post_token_balances, keys),
+        log_messages=list(meta.log_messages or []),
+    )
+
+
+__all__ = [
+    "AlreadyProcessed",
+    "BlockhashNotFound",
+    "SignatureState",
+    "SimulationResult",
+    "SolanaBackend",
+    "SolanaError",
+    "SolanaRpcError",
+    "SolanaUnavailable",
+    "TokenBalance",
+    "TransactionDetails",
+    "TxError",
+]
