@@ -41,7 +41,9 @@ def _send(groups: list[str], event: dict[str, Any], user_id: Any) -> None:
                 async_to_sync(layer.group_send)(group, {"type": "event.forward", "event": event})
         except Exception:  # a dead layer must not break the write path; clients resync on connect
             logger.exception("event publish failed", extra={"group": group})
-    for hook in _after_publish:
+    from users.notifications import notify_enqueue
+
+    for hook in (notify_enqueue, *_after_publish):
         try:
             hook(user_id, event)
         except Exception:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 # (name, dotted function path, minutes between runs)
-SCHEDULES: list[tuple[str, str, int]] = []
+SCHEDULES: list[tuple[str, str, int]] = [
+    ("client webhook retries", "users.notifications.notify_retry_due", 1),
+]
 
 
 def schedules_ensure() -> list[str]:
