@@ -8,6 +8,7 @@ from typing import Any
 # (name, dotted function path, minutes between runs)
 SCHEDULES: list[tuple[str, str, int]] = [
     ("client webhook retries", "users.notifications.notify_retry_due", 1),
+    ("idempotency key purge", "config.idempotency.idempotency_keys_purge", 60),
 ]
 
 
