@@ -623,7 +623,8 @@ class NearJsonRpc:
         if error is not None:
             if not isinstance(error, dict):
                 raise ChainUnavailable(f"NEAR RPC error ({method}): {error!r}")
-            cause = error.get("cause") if isinstance(error.get("cause"), dict) else {}
+            raw_cause = error.get("cause")
+            cause: dict[str, Any] = raw_cause if isinstance(raw_cause, dict) else {}
             cause_name = str(cause.get("name") or "")
             message = str(error.get("data") or error.get("message") or "")
             if cause_name in _RETRYABLE_CAUSES or (not cause_name and response.status_code >= 500):

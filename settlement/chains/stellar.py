@@ -143,7 +143,10 @@ def _read_payment(
         raise PaymentInvalid(PaymentInvalid.WRONG_ASSET, f"asset {op.asset.code} is not native XLM")
     # The exact int64 stroops from the XDR: the SDK's `op.amount` string comes from
     # str(Decimal), which can be exponent notation ('1E-7' for one stroop).
-    amount = int(op.to_xdr_object().body.payment_op.amount.int64)
+    payment_op = op.to_xdr_object().body.payment_op
+    if payment_op is None:
+        raise PaymentInvalid(PaymentInvalid.MALFORMED, "payment operation without a body")
+    amount = int(payment_op.amount.int64)
     if amount <= 0:
         raise PaymentInvalid(PaymentInvalid.NOT_A_PAYMENT, "payment amount is zero")
     memo_type, memo = _memo_fields(tx.memo)
