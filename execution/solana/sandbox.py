@@ -563,6 +563,12 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         self._connections: set[Any] = set()
         self._connections_lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (timeout, injected lost response) is not a server error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
@@ -597,7 +603,10 @@ def serve_in_thread(
     """Start the sandbox in this process. Returns (url, stop); stop() is idempotent."""
     chain = SandboxChain(data_dir, slot_ms=slot_ms, ledger_history=ledger_history)
     server = SandboxHTTPServer((host, port), chain)
-    thread = threading.Thread(target=server.serve_forever, name="solana-sandbox", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="solana-sandbox",
+        daemon=True,
+    )
     thread.start()
     stopped = threading.Event()
 
@@ -777,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     print(f"{READY_LINE_PREFIX}{server.url}", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
         server.close_connections()

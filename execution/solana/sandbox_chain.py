@@ -891,14 +891,20 @@ class SandboxChain:
             mint_state = Mint.from_bytes(bytes(mint_account.data)[:82])
             ata = get_associated_token_address(owner, mint)
             existing = self.svm.get_account(ata)
-            if existing is None:
-                token_account = TokenAccount(
-                    mint, owner, 0, None, TokenAccountState.Initialized, None, 0
-                )
-            else:
-                token_account = TokenAccount.from_bytes(bytes(existing.data)[:165])
-            token_account.amount = token_account.amount + amount
-            mint_state.supply = mint_state.supply + amount
+            balance = 0
+            if existing is not None:
+                balance = TokenAccount.from_bytes(bytes(existing.data)[:165]).amount
+            # solders token state objects are immutable: build new ones.
+            token_account = TokenAccount(
+                mint, owner, balance + amount, None, TokenAccountState.Initialized, None, 0
+            )
+            mint_state = Mint(
+                mint_state.mint_authority,
+                mint_state.supply + amount,
+                mint_state.decimals,
+                True,
+                mint_state.freeze_authority,
+            )
             ata_data = bytes(token_account)
             ata_account = Account(
                 self.svm.minimum_balance_for_rent_exemption(len(ata_data))
