@@ -9,11 +9,13 @@ traceback goes to the log only.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
@@ -106,6 +108,7 @@ ERROR_CODES: dict[str, int] = {
     "CHAIN_UNAVAILABLE": 503,
     "SERVICE_UNAVAILABLE": 503,
     "CONFLICT": 409,
+    "NOT_ACCEPTABLE": 406,
 }
 
 
@@ -119,7 +122,8 @@ def error_body(message: str, code: str, details: dict[str, Any] | None = None) -
 def _drf_error(exc: drf.APIException) -> tuple[str, str, dict[str, Any] | None]:
     if isinstance(exc, drf.ValidationError):
         detail = exc.detail
-        return "Invalid request parameters", "INVALID_REQUEST", {"fields": detail}
+        fields = detail if isinstance(detail, dict) else {"non_field_errors": detail}
+        return "Invalid request parameters", "INVALID_REQUEST", {"fields": fields}
     if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
         return str(exc.detail), "UNAUTHORIZED", None
     if isinstance(exc, drf.PermissionDenied):
@@ -129,45 +133,104 @@ def _drf_error(exc: drf.APIException) -> tuple[str, str, dict[str, Any] | None]:
     if isinstance(exc, drf.MethodNotAllowed):
         return str(exc.detail), "METHOD_NOT_ALLOWED", None
     if isinstance(exc, drf.Throttled):
-        return "Too many requests", "RATE_LIMITED", {"retry_after_seconds": exc.wait}
+        wait = math.ceil(exc.wait) if exc.wait is not None else None
+        return "Too many requests", "RATE_LIMITED", {"retry_after_seconds": wait}
     if isinstance(exc, drf.ParseError):
-        return "Malformed request body", "INVALID_REQUEST", None
+        # Our StrictJSONParser's reasons are written for clients and never echo the body.
+        return "Malformed request body", "INVALID_REQUEST", {"reason": str(exc.detail)}
     if isinstance(exc, drf.UnsupportedMediaType):
         return str(exc.detail), "UNSUPPORTED_MEDIA_TYPE", None
+    if isinstance(exc, drf.NotAcceptable):
+        return str(exc.detail), "NOT_ACCEPTABLE", None
+    if exc.status_code >= 500:
+        return "Internal error", "INTERNAL_ERROR", None
     return str(exc.detail), "INVALID_REQUEST", None
 
 
-def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+def _internal_error_details() -> dict[str, Any]:
+    return {"request_id": current_request_id()}
+
+
+def envelope_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) for any exception: the one mapping DRF and plain views share."""
     headers: dict[str, str] = {}
     if isinstance(exc, ServiceError):
-        status, body = exc.status, error_body(exc.message, exc.code, exc.details)
-    elif isinstance(exc, drf.APIException):
-        message, code, details = _drf_error(exc)
-        status, body = exc.status_code, error_body(message, code, details)
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+        details = exc.details
+        if exc.status >= 500:
+            details = {**details, **_internal_error_details()}
+            logger.error("service error %s: %s", exc.code, exc.message)
+        return exc.status, error_body(exc.message, exc.code, details), headers
+    if isinstance(exc, drf.APIException):
+        message, code, drf_details = _drf_error(exc)
+        if exc.status_code >= 500:
+            logger.error("API exception %s", type(exc).__name__, exc_info=exc)
+            drf_details = {**(drf_details or {}), **_internal_error_details()}
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
         if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
-    elif isinstance(exc, Http404):
-        status, body = 404, error_body("Not found", "NOT_FOUND")
-    elif isinstance(exc, PermissionDenied):
-        status, body = 403, error_body("Forbidden", "FORBIDDEN")
-    elif isinstance(exc, RequestDataTooBig):
-        status, body = 413, error_body("Request body too large", "PAYLOAD_TOO_LARGE")
-    elif isinstance(exc, DatabaseError):
-        logger.exception("database error")
-        status = 503
-        body = error_body("Database unavailable, retry later", "DATABASE_ERROR",
-                          {"request_id": current_request_id()})
-    else:
-        logger.exception("unhandled error")
-        status = 500
-        body = error_body("Internal error", "INTERNAL_ERROR", {"request_id": current_request_id()})
+            headers["Retry-After"] = str(max(1, math.ceil(exc.wait)))
+        return exc.status_code, error_body(message, code, drf_details), headers
+    if isinstance(exc, Http404):
+        return 404, error_body("Not found", "NOT_FOUND"), headers
+    if isinstance(exc, PermissionDenied):
+        return 403, error_body("Forbidden", "FORBIDDEN"), headers
+    if isinstance(exc, RequestDataTooBig):
+        return 413, error_body("Request body too large", "PAYLOAD_TOO_LARGE"), headers
+    if isinstance(exc, BadRequest | SuspiciousOperation):
+        return 400, error_body("Bad request", "INVALID_REQUEST"), headers
+    if isinstance(exc, DatabaseError):
+        # The traceback (which may hold SQL) goes to the log only, under the request id.
+        logger.error("database error", exc_info=exc)
+        return (ERROR_CODES["DATABASE_ERROR"],
+                error_body("Database error, retry later", "DATABASE_ERROR",
+                           _internal_error_details()), headers)
+    logger.error("unhandled error", exc_info=exc)
+    return 500, error_body("Internal error", "INTERNAL_ERROR", _internal_error_details()), headers
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's EXCEPTION_HANDLER: every error raised in an API view becomes the envelope."""
+    status, body, headers = envelope_for(exc)
     set_rollback()
     return Response(body, status=status, headers=headers)
 
 
-def json_error(request: HttpRequest | None, status: int, message: str, code: str) -> JsonResponse:
+def json_error(request: HttpRequest | None, status: int, message: str, code: str,
+               details: dict[str, Any] | None = None) -> JsonResponse:
     """The envelope for responses made outside DRF (404/500 handlers, middleware)."""
-    details = {"request_id": current_request_id()} if status >= 500 else None
+    if status >= 500:
+        details = {**(details or {}), **_internal_error_details()}
     return JsonResponse(error_body(message, code, details), status=status)
+
+
+# --- Django-level handlers (config/urls.py handler400/403/404/500) ---
+# They run for errors outside DRF: unknown URLs, plain Django views, middleware. The admin
+# keeps Django's HTML pages; everything else (API and seed routes) gets the envelope.
+
+def _is_admin(request: HttpRequest) -> bool:
+    return request.path.startswith("/admin/")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+    return json_error(request, 400, "Bad request", "INVALID_REQUEST")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.permission_denied(request, exception)  # type: ignore[arg-type]
+    return json_error(request, 403, "Forbidden", "FORBIDDEN")
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+    return json_error(request, 404, "Not found", "NOT_FOUND")
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if _is_admin(request):
+        return defaults.server_error(request)
+    return json_error(request, 500, "Internal error", "INTERNAL_ERROR")

@@ -1,0 +1,94 @@
+"""Strict JSON for request bodies: the default DRF parser (settings DEFAULT_PARSER_CLASSES).
+
+The standard library's decoder is lenient in ways a payments API must not be:
+- `NaN`, `Infinity` and `-Infinity` are accepted (not JSON at all);
+- a duplicate key silently keeps the last value, so two components reading the "same"
+  body could disagree about the amount;
+- `1e400` becomes `inf` and a 10,000-digit integer costs quadratic time to convert
+  (Python caps it at 4,300 digits with a ValueError, which we turn into a clear 400).
+Every API body is a JSON object, so any other top-level value is refused here too.
+
+Each refusal is a `ParseError` whose detail says why; the exception handler maps it to
+400 INVALID_REQUEST with `details.reason`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+from collections.abc import Mapping
+from typing import IO, Any
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+# NUMERIC(78,0) holds 78 digits; anything longer cannot be an amount (a sign adds one).
+MAX_NUMBER_CHARS = 80
+
+
+class _Refused(ValueError):
+    """A refusal with a message meant for the client (never echoes the body)."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Refused(f"number too large (more than {MAX_NUMBER_CHARS} characters)")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Refused(f"number too large (more than {MAX_NUMBER_CHARS} characters)")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused("number out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not valid JSON")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _Refused(f"duplicate key {key[:64]!r}")
+        obj[key] = value
+    return obj
+
+
+def strict_json_loads(text: str) -> Any:
+    """Decode JSON text strictly; raises ValueError with a client-safe message."""
+    return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                      parse_constant=_parse_constant,
+                      object_pairs_hook=_object_without_duplicates)
+
+
+class StrictJSONParser(JSONParser):
+    """DRF's JSONParser with the refusals above, and a JSON object required at the top."""
+
+    def parse(self, stream: IO[bytes], media_type: str | None = None,
+              parser_context: Mapping[str, Any] | None = None) -> Any:
+        parser_context = parser_context or {}
+        encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            text = codecs.getreader(encoding)(stream).read()
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"body is not valid {encoding}") from exc
+        try:
+            data = strict_json_loads(text)
+        except _Refused as exc:
+            raise ParseError(str(exc)) from exc
+        except RecursionError as exc:
+            raise ParseError("JSON nested too deeply") from exc
+        except ValueError as exc:
+            # json.JSONDecodeError gives a position only; int() overflow a digit count.
+            message = (f"malformed JSON at line {exc.lineno} column {exc.colno}"
+                       if isinstance(exc, json.JSONDecodeError) else "number too large")
+            raise ParseError(message) from exc
+        if not isinstance(data, dict):
+            raise ParseError("the body must be a JSON object")
+        return data
