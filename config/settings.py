@@ -168,21 +168,19 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Channels: Redis pub/sub when REDIS_URL is set, else PostgreSQL LISTEN/NOTIFY. ---
-if REDIS_URL:
-    CHANNEL_LAYERS = {
+CHANNEL_LAYER = env.str("CHANNEL_LAYER", default="redis" if REDIS_URL else "postgres")
+CHANNEL_LAYERS = {
+    "redis": {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
-    }
-else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_postgres.core.PostgresChannelLayer",
-            **{k: v for k, v in _db.items() if k in ("ENGINE", "NAME", "USER", "PASSWORD",
-                                                      "HOST", "PORT")},
-        }
-    }
+    },
+    "postgres": {
+        "default": {"BACKEND": "config.channel_layers.DefaultDatabaseChannelLayer",
+                    "CONFIG": {"expiry": 60}}
+    },
+}[CHANNEL_LAYER]
 
 # --- django-q2: ORM broker by default (no extra server), Redis when given. ---
 Q_CLUSTER = {
@@ -199,7 +197,8 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "label": "Task queue",
 }
-if REDIS_URL:
+Q_BROKER = env.str("Q_BROKER", default="redis" if REDIS_URL else "orm")
+if Q_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
@@ -248,6 +247,10 @@ NEAR_TREASURY_KEY = env.str("NEAR_TREASURY_KEY",
 CHAIN_HTTP_TIMEOUT_SECONDS = env.float("CHAIN_HTTP_TIMEOUT_SECONDS", default=10.0)
 
 # --- Prices ---
+# "pyth" (Hermes) or "fixed" (SANDBOX_PRICES_USD); sandbox mode defaults to fixed prices.
+PRICE_SOURCE = env.str("PRICE_SOURCE", default="") or ("pyth" if IS_LIVE else "fixed")
+if PRICE_SOURCE not in ("pyth", "fixed"):
+    raise environ.ImproperlyConfigured("PRICE_SOURCE must be 'pyth' or 'fixed'")
 PYTH_HERMES_URL = env.str("PYTH_HERMES_URL", default="https://hermes.pyth.network")
 PYTH_API_KEY = env.str("PYTH_API_KEY", default="")
 PRICE_MAX_AGE_SECONDS = env.int("PRICE_MAX_AGE_SECONDS", default=60)
@@ -279,9 +282,14 @@ HOURLY_OUTFLOW_THRESHOLD = Decimal(env.str("HOURLY_OUTFLOW_THRESHOLD", default="
 CONSECUTIVE_FAILURE_THRESHOLD = env.int("CONSECUTIVE_FAILURE_THRESHOLD", default=5)
 VOLUME_SPIKE_RATIO = Decimal(env.str("VOLUME_SPIKE_RATIO", default="2.0"))
 VOLUME_SPIKE_FLOOR = env.int("VOLUME_SPIKE_FLOOR", default=100)
+# Each process re-counts quote volume at most this often (keeps the quote hot path cheap).
+VOLUME_CHECK_INTERVAL_SECONDS = env.float("VOLUME_CHECK_INTERVAL_SECONDS", default=10.0)
 WITHDRAWAL_APPROVAL_THRESHOLD_USD = Decimal(
     env.str("WITHDRAWAL_APPROVAL_THRESHOLD_USD", default="1000")
 )
+
+# --- Wallet sign-in: the name in challenge messages and the NEP-413 `recipient` ---
+AUTH_SERVICE_NAME = env.str("AUTH_SERVICE_NAME", default="solpay")
 
 # --- Webhooks and alerts ---
 WEBHOOK_SECRET = env.str("WEBHOOK_SECRET", default="")
