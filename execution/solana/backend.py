@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import threading
@@ -45,9 +46,9 @@ from solders.hash import Hash
 from solders.message import Message, MessageV0
 from solders.pubkey import Pubkey
 from solders.rpc import errors as rpc_errors
+from solders.rpc.errors import RpcCustomErrorFieldless
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
-from solders.rpc.errors import RpcCustomErrorFieldless
 
 T = TypeVar("T")
 TxError = Any  # JSON value of a TransactionError; None means success
@@ -293,9 +294,7 @@ class SolanaBackend:
             if self._pid != os.getpid() or self._loop is None or self._client is None:
                 # First use, or we are a forked child: the parent's loop thread is gone.
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name=f"solana-rpc {self.url}", daemon=True
-                )
+                thread = threading.Thread(target=loop.run_forever, name=f"solana-rpc {self.url}", daemon=True)
                 thread.start()
                 # max_transport_retries=0: a transport error must reach us, because a
                 # silently re-sent request hides a lost response from the caller.
@@ -347,10 +346,8 @@ class SolanaBackend:
             pid, self._pid = self._pid, None
         if loop is None or client is None or pid != os.getpid():
             return
-        try:
+        with contextlib.suppress(Exception):  # closing is best effort
             asyncio.run_coroutine_threadsafe(client.close(), loop).result(self.timeout)
-        except Exception:  # noqa: S110 - closing is best effort
-            pass
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(self.timeout)
@@ -455,9 +452,7 @@ class SolanaBackend:
         for start in range(0, len(sigs), 256):
             chunk = sigs[start : start + 256]
             resp = self._read(
-                lambda c, chunk=chunk: c.get_signature_statuses(
-                    chunk, search_transaction_history=True
-                )
+                lambda c, chunk=chunk: c.get_signature_statuses(chunk, search_transaction_history=True)
             )
             for status in resp.value:
                 if status is None:
@@ -479,9 +474,7 @@ class SolanaBackend:
 
     def transaction(self, signature: Signature) -> TransactionDetails | None:
         resp = self._read(
-            lambda c: c.get_transaction(
-                signature, encoding="json", max_supported_transaction_version=0
-            )
+            lambda c: c.get_transaction(signature, encoding="json", max_supported_transaction_version=0)
         )
         if resp.value is None:
             return None

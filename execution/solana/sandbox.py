@@ -256,11 +256,9 @@ class RpcDispatcher:
             "getBalance": lambda p, s: chain.get_balance(_pubkey(_param(p, 0))),
             "getAccountInfo": self._get_account_info,
             "getMultipleAccounts": self._get_multiple_accounts,
-            "getTokenAccountBalance": lambda p, s: chain.get_token_account_balance(
-                _pubkey(_param(p, 0))
-            ),
-            "getMinimumBalanceForRentExemption": lambda p, s: (
-                chain.minimum_balance_for_rent_exemption(_uint(_param(p, 0), "size"))
+            "getTokenAccountBalance": lambda p, s: chain.get_token_account_balance(_pubkey(_param(p, 0))),
+            "getMinimumBalanceForRentExemption": lambda p, s: chain.minimum_balance_for_rent_exemption(
+                _uint(_param(p, 0), "size")
             ),
             "getFeeForMessage": self._get_fee_for_message,
             "getRecentPrioritizationFees": lambda p, s: [],
@@ -274,9 +272,7 @@ class RpcDispatcher:
             "sandbox_setAccount": self._set_account,
             "sandbox_createMint": self._create_mint,
             "sandbox_mintTo": self._mint_to,
-            "sandbox_advanceBlocks": lambda p, s: chain.advance_blocks(
-                _uint(_param(p, 0, 1), "blocks")
-            ),
+            "sandbox_advanceBlocks": lambda p, s: chain.advance_blocks(_uint(_param(p, 0, 1), "blocks")),
             "sandbox_expireBlockhash": lambda p, s: chain.expire_blockhash(),
             "sandbox_injectFaults": lambda p, s: faults.inject(_config(p, 0)),
             "sandbox_clearFaults": self._clear_faults,
@@ -475,8 +471,13 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
-                  503: "Service Unavailable"}.get(status, "Error")
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            413: "Payload Too Large",
+            503: "Service Unavailable",
+        }.get(status, "Error")
         head = (
             f"HTTP/1.1 {status} {reason}\r\n"
             f"Content-Type: {content_type}\r\n"
@@ -513,8 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         calls = request if isinstance(request, list) else [request]
         standard = any(
-            not (isinstance(c, dict) and str(c.get("method", "")).startswith("sandbox_"))
-            for c in calls
+            not (isinstance(c, dict) and str(c.get("method", "")).startswith("sandbox_")) for c in calls
         )
         faults = dispatcher.faults
         if standard:
@@ -589,6 +589,8 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        if isinstance(host, bytes):
+            host = host.decode()
         return f"http://{host}:{port}"
 
 
@@ -604,7 +606,9 @@ def serve_in_thread(
     chain = SandboxChain(data_dir, slot_ms=slot_ms, ledger_history=ledger_history)
     server = SandboxHTTPServer((host, port), chain)
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="solana-sandbox",
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="solana-sandbox",
         daemon=True,
     )
     thread.start()
@@ -768,10 +772,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8899)
     parser.add_argument("--data-dir", default=None, help="persist state here (default: memory)")
-    parser.add_argument("--ledger-history", type=int, default=50_000,
-                        help="LiteSVM in-memory history (replays are also checked in SQLite)")
-    parser.add_argument("--slot-ms", type=int, default=400,
-                        help="block time in ms; 0 = blocks advance only via sandbox_ methods")
+    parser.add_argument(
+        "--ledger-history",
+        type=int,
+        default=50_000,
+        help="LiteSVM in-memory history (replays are also checked in SQLite)",
+    )
+    parser.add_argument(
+        "--slot-ms",
+        type=int,
+        default=400,
+        help="block time in ms; 0 = blocks advance only via sandbox_ methods",
+    )
     parser.add_argument("--log-requests", action="store_true")
     args = parser.parse_args(argv)
 

@@ -225,8 +225,7 @@ def ui_account(account: Account | None, encoding: str) -> dict[str, Any] | None:
         if len(data) > 128:
             raise RpcError(
                 INVALID_PARAMS,
-                "Encoded binary (base 58) data should be less than 128 bytes, "
-                "please use Base64 encoding.",
+                "Encoded binary (base 58) data should be less than 128 bytes, please use Base64 encoding.",
             )
         encoded = b58encode(data) if encoding == "binary" else [b58encode(data), "base58"]
     else:
@@ -273,6 +272,9 @@ def decode_transaction(payload: str, encoding: str) -> tuple[VersionedTransactio
             INVALID_PARAMS,
             f"failed to deserialize solana_transaction::versioned::VersionedTransaction: {exc}",
         ) from None
+    if not isinstance(tx.message, (Message, MessageV0)):
+        # solders can decode newer message versions that clusters do not accept yet.
+        raise RpcError(INVALID_PARAMS, "invalid transaction: unsupported message version")
     try:
         tx.sanitize()
     except Exception as exc:
@@ -339,9 +341,7 @@ class SandboxChain:
         self.slot_ms = slot_ms
         self.store = SandboxStore(None if data_dir is None else Path(data_dir))
         # The fee/CU rules of LiteSVM's default feature set are what the tests measure.
-        self.svm = (
-            LiteSVM().with_transaction_history(ledger_history).with_blockhash_check(False)
-        )
+        self.svm = LiteSVM().with_transaction_history(ledger_history).with_blockhash_check(False)
         seed_hex = self.store.get_meta("genesis_seed")
         if seed_hex is None:
             self._seed = os.urandom(32)
@@ -398,9 +398,7 @@ class SandboxChain:
         self._recent_blockhashes[current] = self.block_height
         if len(self._recent_blockhashes) > 4 * MAX_PROCESSING_AGE:
             oldest = self.block_height - MAX_PROCESSING_AGE - 1
-            self._recent_blockhashes = {
-                bh: h for bh, h in self._recent_blockhashes.items() if h >= oldest
-            }
+            self._recent_blockhashes = {bh: h for bh, h in self._recent_blockhashes.items() if h >= oldest}
         self._sync_clock()
 
     def _tick(self) -> None:
@@ -498,9 +496,7 @@ class SandboxChain:
             fee = compute_fee(message) if self._blockhash_valid(message.recent_blockhash) else None
             return {"context": self.context(), "value": fee}
 
-    def get_signature_statuses(
-        self, signatures: Sequence[Signature], search_history: bool
-    ) -> dict[str, Any]:
+    def get_signature_statuses(self, signatures: Sequence[Signature], search_history: bool) -> dict[str, Any]:
         with self._lock:
             self._tick()
             oldest_cached_slot = self.slot - STATUS_CACHE_SLOTS
@@ -546,9 +542,7 @@ class SandboxChain:
             # jsonParsed is answered in json form: instruction parsing is not implemented.
             encoded = _transaction_json(tx)
         elif encoding in ("base58", "binary"):
-            encoded = (
-                b58encode(stored.raw) if encoding == "binary" else [b58encode(stored.raw), "base58"]
-            )
+            encoded = b58encode(stored.raw) if encoding == "binary" else [b58encode(stored.raw), "base58"]
         else:
             raise RpcError(INVALID_PARAMS, f"Invalid params: unsupported encoding {encoding!r}")
         meta = dict(stored.meta)
@@ -578,13 +572,9 @@ class SandboxChain:
         encoding: str = "base64",
     ) -> dict[str, Any]:
         if sig_verify and replace_recent_blockhash:
-            raise RpcError(
-                INVALID_PARAMS, "sigVerify may not be used with replaceRecentBlockhash"
-            )
+            raise RpcError(INVALID_PARAMS, "sigVerify may not be used with replaceRecentBlockhash")
         if sig_verify and not all(tx.verify_with_results()):
-            raise RpcError(
-                SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
-            )
+            raise RpcError(SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure")
         with self._lock:
             self._tick()
             value = self._simulate_locked(tx, replace_recent_blockhash, addresses, encoding)
@@ -625,8 +615,7 @@ class SandboxChain:
         if addresses is not None:
             post = dict(result.post_accounts())
             accounts = [
-                ui_account(post[pk] if pk in post else self.svm.get_account(pk), encoding)
-                for pk in addresses
+                ui_account(post[pk] if pk in post else self.svm.get_account(pk), encoding) for pk in addresses
             ]
         return {
             "err": None,
@@ -638,14 +627,10 @@ class SandboxChain:
             "replacementBlockhash": replacement,
         }
 
-    def send(
-        self, tx: VersionedTransaction, raw: bytes, *, skip_preflight: bool
-    ) -> tuple[str, bool]:
+    def send(self, tx: VersionedTransaction, raw: bytes, *, skip_preflight: bool) -> tuple[str, bool]:
         """sendTransaction: returns (signature, landed). Raises RpcError only on preflight."""
         if not skip_preflight and not all(tx.verify_with_results()):
-            raise RpcError(
-                SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure"
-            )
+            raise RpcError(SIGNATURE_VERIFICATION_FAILURE, "Transaction signature verification failure")
         with self._lock:
             self._tick()
             if not skip_preflight:
@@ -665,6 +650,7 @@ class SandboxChain:
         if self.store.has_transaction(bytes(signature)):
             return False
         message = tx.message
+        assert isinstance(message, (Message, MessageV0))  # decode_transaction guarantees it
         if not self._blockhash_valid(message.recent_blockhash):
             return False
         loaded = self._loaded_addresses(message)
@@ -755,9 +741,7 @@ class SandboxChain:
             "returnData": _return_data_json(meta),
         }
 
-    def _loaded_addresses(
-        self, message: Message | MessageV0
-    ) -> tuple[list[Pubkey], list[Pubkey]] | None:
+    def _loaded_addresses(self, message: Message | MessageV0) -> tuple[list[Pubkey], list[Pubkey]] | None:
         if not isinstance(message, MessageV0) or not message.address_table_lookups:
             return [], []
         writable: list[Pubkey] = []
@@ -835,9 +819,7 @@ class SandboxChain:
                 # otherwise be the same transaction and the second one would be a replay.
                 Instruction(MEMO_PROGRAM_ID, f"airdrop {self._airdrop_counter}".encode(), []),
                 transfer(
-                    TransferParams(
-                        from_pubkey=self.faucet.pubkey(), to_pubkey=pubkey, lamports=lamports
-                    )
+                    TransferParams(from_pubkey=self.faucet.pubkey(), to_pubkey=pubkey, lamports=lamports)
                 ),
             ]
             message = MessageV0.try_compile(self.faucet.pubkey(), instructions, [], blockhash)
@@ -915,9 +897,7 @@ class SandboxChain:
                 False,
                 0,
             )
-            new_mint_account = Account(
-                mint_account.lamports, bytes(mint_state), TOKEN_PROGRAM_ID, False, 0
-            )
+            new_mint_account = Account(mint_account.lamports, bytes(mint_state), TOKEN_PROGRAM_ID, False, 0)
             self.svm.set_account(ata, ata_account)
             self.svm.set_account(mint, new_mint_account)
             self.store.commit(accounts=[(ata, ata_account), (mint, new_mint_account)])
@@ -1036,9 +1016,12 @@ def _transaction_json(tx: VersionedTransaction) -> dict[str, Any]:
 
 def message_from_base64(payload: str) -> Message | MessageV0:
     try:
-        return from_bytes_versioned(base64.b64decode(payload, validate=True))
+        message = from_bytes_versioned(base64.b64decode(payload, validate=True))
     except Exception as exc:
         raise RpcError(INVALID_PARAMS, f"invalid message: {exc}") from None
+    if not isinstance(message, (Message, MessageV0)):
+        raise RpcError(INVALID_PARAMS, "invalid message: unsupported message version")
+    return message
 
 
 __all__ = [

@@ -87,9 +87,7 @@ class SandboxStore:
         return None if row is None else str(row[0])
 
     def iter_accounts(self) -> Iterator[tuple[Pubkey, Account]]:
-        rows = self._db.execute(
-            "SELECT pubkey, lamports, data, owner, executable, rent_epoch FROM accounts"
-        )
+        rows = self._db.execute("SELECT pubkey, lamports, data, owner, executable, rent_epoch FROM accounts")
         for pubkey, lamports, data, owner, executable, rent_epoch in rows:
             yield (
                 Pubkey.from_bytes(pubkey),
@@ -103,9 +101,7 @@ class SandboxStore:
             )
 
     def has_transaction(self, signature: bytes) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM transactions WHERE signature = ?", (signature,)
-        ).fetchone()
+        row = self._db.execute("SELECT 1 FROM transactions WHERE signature = ?", (signature,)).fetchone()
         return row is not None
 
     def transaction_status(self, signature: bytes) -> tuple[int, Any] | None:

@@ -94,9 +94,7 @@ def token_transfer_checked(
     )
 
 
-def associated_token_address(
-    owner: Pubkey, mint: Pubkey, program_id: Pubkey = TOKEN_PROGRAM_ID
-) -> Pubkey:
+def associated_token_address(owner: Pubkey, mint: Pubkey, program_id: Pubkey = TOKEN_PROGRAM_ID) -> Pubkey:
     return token_ix.get_associated_token_address(owner, mint, program_id)
 
 
@@ -162,8 +160,7 @@ def send_and_confirm(
         state = backend.signature_status(signature)
         if state is not None:
             if state.err is not None:
-                raise SolanaRpcError(f"transaction {signature} failed: {state.err}",
-                                     tx_error=state.err)
+                raise SolanaRpcError(f"transaction {signature} failed: {state.err}", tx_error=state.err)
             return state
         if backend.block_height() > last_valid_block_height:
             # Re-check: it may have landed just before the blockhash expired.
@@ -234,9 +231,7 @@ def create_ata(
     program_id: Pubkey = TOKEN_PROGRAM_ID,
 ) -> Pubkey:
     """The owner's associated token account, created (idempotently) by a real transaction."""
-    instruction = create_ata_idempotent(
-        payer=payer.pubkey(), owner=owner, mint=mint, program_id=program_id
-    )
+    instruction = create_ata_idempotent(payer=payer.pubkey(), owner=owner, mint=mint, program_id=program_id)
     _run(backend, payer, [instruction])
     return associated_token_address(owner, mint, program_id)
 
@@ -286,13 +281,20 @@ def setup_demo_usdc(
     The mint authority pays for everything, so fund it first (airdrop on the sandbox).
     """
     mint_address = create_mint(
-        backend, mint_authority, mint_authority=mint_authority.pubkey(), decimals=decimals,
+        backend,
+        mint_authority,
+        mint_authority=mint_authority.pubkey(),
+        decimals=decimals,
         mint=mint,
     )
     token_account = create_ata(backend, mint_authority, owner=treasury, mint=mint_address)
     if amount:
         mint_to(
-            backend, mint_authority, mint=mint_address, destination=token_account,
-            amount=amount, decimals=decimals,
+            backend,
+            mint_authority,
+            mint=mint_address,
+            destination=token_account,
+            amount=amount,
+            decimals=decimals,
         )
     return DemoUsdc(mint=mint_address, decimals=decimals, treasury_token_account=token_account)

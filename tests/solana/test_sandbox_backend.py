@@ -28,8 +28,7 @@ MAX_PROCESSING_AGE = 150
 
 def _transfer(sandbox: Sandbox, payer: Keypair, to: Pubkey, lamports: int, *extra):
     blockhash, last_valid = sandbox.backend.latest_blockhash()
-    tx = spl.build_transaction(payer, [*extra, spl.sol_transfer(payer.pubkey(), to, lamports)],
-                               blockhash)
+    tx = spl.build_transaction(payer, [*extra, spl.sol_transfer(payer.pubkey(), to, lamports)], blockhash)
     return tx, last_valid
 
 
@@ -50,8 +49,12 @@ def test_sol_transfer_moves_exactly_amount_and_fee_is_signatures_plus_priority(
     payer, recipient = sandbox.funded(), Keypair().pubkey()
     cu_limit, cu_price = 20_000, 12_345  # priority fee = ceil(246.9) = 247 lamports
     tx, last_valid = _transfer(
-        sandbox, payer, recipient, SOL,
-        spl.compute_unit_limit(cu_limit), spl.compute_unit_price(cu_price),
+        sandbox,
+        payer,
+        recipient,
+        SOL,
+        spl.compute_unit_limit(cu_limit),
+        spl.compute_unit_price(cu_price),
     )
     expected_fee = 5000 + spl.priority_fee(cu_limit, cu_price)
     assert expected_fee == 5247
@@ -79,8 +82,10 @@ def test_two_signers_pay_two_signature_fees(sandbox: Sandbox) -> None:
     blockhash, _ = sandbox.backend.latest_blockhash()
     tx = spl.build_transaction(
         payer,
-        [spl.sol_transfer(payer.pubkey(), recipient, SOL),
-         spl.sol_transfer(cosigner.pubkey(), recipient, SOL)],
+        [
+            spl.sol_transfer(payer.pubkey(), recipient, SOL),
+            spl.sol_transfer(cosigner.pubkey(), recipient, SOL),
+        ],
         blockhash,
         extra_signers=[cosigner],
     )
@@ -111,8 +116,12 @@ def test_spl_transfer_lands_with_token_balances(sandbox: Sandbox) -> None:
         [
             spl.create_ata_idempotent(payer=treasury.pubkey, owner=user, mint=usdc.mint),
             spl.token_transfer_checked(
-                source=usdc.treasury_token_account, mint=usdc.mint, destination=user_ata,
-                owner=treasury.pubkey, amount=25_500_000, decimals=6,
+                source=usdc.treasury_token_account,
+                mint=usdc.mint,
+                destination=user_ata,
+                owner=treasury.pubkey,
+                amount=25_500_000,
+                decimals=6,
             ),
             spl.memo("execution 42", [treasury.pubkey]),
         ],
@@ -245,9 +254,20 @@ def test_failed_transaction_lands_with_error_and_fee(sandbox: Sandbox) -> None:
     dest = spl.create_ata(sandbox.backend, authority, owner=authority.pubkey(), mint=mint)
     spl.mint_to(sandbox.backend, authority, mint=mint, destination=source, amount=10, decimals=6)
     blockhash, last_valid = sandbox.backend.latest_blockhash()
-    tx = spl.build_transaction(owner, [spl.token_transfer_checked(
-        source=source, mint=mint, destination=dest, owner=owner.pubkey(), amount=11, decimals=6,
-    )], blockhash)
+    tx = spl.build_transaction(
+        owner,
+        [
+            spl.token_transfer_checked(
+                source=source,
+                mint=mint,
+                destination=dest,
+                owner=owner.pubkey(),
+                amount=11,
+                decimals=6,
+            )
+        ],
+        blockhash,
+    )
     before = sandbox.backend.balance(owner.pubkey())
 
     with pytest.raises(SolanaRpcError) as info:
@@ -295,8 +315,7 @@ def test_backend_is_safe_to_share_between_threads(sandbox: Sandbox) -> None:
     payer, recipient = sandbox.funded(100 * SOL), Keypair().pubkey()
     blockhash, _ = sandbox.backend.latest_blockhash()
     txs = [
-        spl.build_transaction(payer, [spl.sol_transfer(payer.pubkey(), recipient, 10**6 + i)],
-                              blockhash)
+        spl.build_transaction(payer, [spl.sol_transfer(payer.pubkey(), recipient, 10**6 + i)], blockhash)
         for i in range(64)
     ]
     errors: list[BaseException] = []

@@ -21,8 +21,7 @@ SOL = 10**9
 def _signed_transfer(sandbox: Sandbox, lamports: int = SOL):
     payer, recipient = sandbox.funded(), Keypair().pubkey()
     blockhash, _ = sandbox.backend.latest_blockhash()
-    tx = spl.build_transaction(payer, [spl.sol_transfer(payer.pubkey(), recipient, lamports)],
-                               blockhash)
+    tx = spl.build_transaction(payer, [spl.sol_transfer(payer.pubkey(), recipient, lamports)], blockhash)
     return tx, recipient
 
 
@@ -41,9 +40,7 @@ def test_dropped_send_answers_the_signature_but_never_executes(sandbox: Sandbox)
 
 
 @pytest.mark.parametrize("mode", ["close", "503"])
-def test_lost_response_means_unknown_outcome_but_the_transaction_landed(
-    sandbox: Sandbox, mode: str
-) -> None:
+def test_lost_response_means_unknown_outcome_but_the_transaction_landed(sandbox: Sandbox, mode: str) -> None:
     tx, recipient = _signed_transfer(sandbox)
     sandbox.admin.inject_faults(lose_send_responses=1, lost_response_mode=mode)
 
@@ -102,9 +99,8 @@ def test_slow_node_times_out_the_client_but_still_executes(sandbox: Sandbox) -> 
     tx, recipient = _signed_transfer(sandbox)
     sandbox.admin.inject_faults(slow_requests=1, slow_ms=600)
 
-    with SolanaBackend.from_url(sandbox.url, timeout=0.2) as impatient:
-        with pytest.raises(SolanaUnavailable):
-            impatient.send_raw(bytes(tx))
+    with SolanaBackend.from_url(sandbox.url, timeout=0.2) as impatient, pytest.raises(SolanaUnavailable):
+        impatient.send_raw(bytes(tx))
 
     # The node processed it after the client gave up.
     for _ in range(50):

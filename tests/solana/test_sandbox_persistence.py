@@ -65,14 +65,21 @@ def test_restarted_process_keeps_balances_tokens_and_statuses(tmp_path: Path) ->
             # And the restored chain keeps working: the restored mint accepts transfers.
             user = Keypair().pubkey()
             blockhash, last_valid = backend.latest_blockhash()
-            transfer = spl.build_transaction(treasury, [
-                spl.create_ata_idempotent(payer=treasury.pubkey, owner=user, mint=usdc.mint),
-                spl.token_transfer_checked(
-                    source=usdc.treasury_token_account, mint=usdc.mint,
-                    destination=spl.associated_token_address(user, usdc.mint),
-                    owner=treasury.pubkey, amount=1_000_000, decimals=6,
-                ),
-            ], blockhash)
+            transfer = spl.build_transaction(
+                treasury,
+                [
+                    spl.create_ata_idempotent(payer=treasury.pubkey, owner=user, mint=usdc.mint),
+                    spl.token_transfer_checked(
+                        source=usdc.treasury_token_account,
+                        mint=usdc.mint,
+                        destination=spl.associated_token_address(user, usdc.mint),
+                        owner=treasury.pubkey,
+                        amount=1_000_000,
+                        decimals=6,
+                    ),
+                ],
+                blockhash,
+            )
             spl.send_and_confirm(backend, transfer, last_valid)
             assert backend.token_balance(usdc.treasury_token_account) == 6_000_000
     finally:

@@ -74,19 +74,19 @@ def test_asyncclient_send_status_and_transaction(sandbox: Sandbox) -> None:
     async def scenario() -> None:
         async with AsyncClient(sandbox.url) as client:
             blockhash = (await client.get_latest_blockhash()).value.blockhash
-            tx = spl.build_transaction(payer, [
-                spl.compute_unit_price(1_000_000),
-                spl.sol_transfer(payer.pubkey(), recipient, SOL),
-            ], blockhash)
+            tx = spl.build_transaction(
+                payer,
+                [
+                    spl.compute_unit_price(1_000_000),
+                    spl.sol_transfer(payer.pubkey(), recipient, SOL),
+                ],
+                blockhash,
+            )
             fee = (await client.get_fee_for_message(tx.message)).value
             assert fee == 5000 + 6000  # no CU limit: 2 builtin instructions x 3,000 CU
-            sent = await client.send_raw_transaction(
-                bytes(tx), TxOpts(skip_preflight=True, max_retries=0)
-            )
+            sent = await client.send_raw_transaction(bytes(tx), TxOpts(skip_preflight=True, max_retries=0))
             assert sent.value == tx.signatures[0]
-            statuses = await client.get_signature_statuses(
-                [sent.value], search_transaction_history=True
-            )
+            statuses = await client.get_signature_statuses([sent.value], search_transaction_history=True)
             status = statuses.value[0]
             assert status is not None and status.err is None
             assert str(status.confirmation_status) == "TransactionConfirmationStatus.Finalized"
@@ -137,12 +137,12 @@ def test_simulate_with_accounts_through_asyncclient(sandbox: Sandbox) -> None:
     async def scenario() -> None:
         async with AsyncClient(sandbox.url) as client:
             blockhash = (await client.get_latest_blockhash()).value.blockhash
-            tx = spl.build_transaction(
-                payer, [spl.sol_transfer(payer.pubkey(), recipient, SOL)], blockhash
-            )
-            sim = (await client.simulate_transaction(
-                tx, sig_verify=True, accounts_addresses=[recipient, payer.pubkey()]
-            )).value
+            tx = spl.build_transaction(payer, [spl.sol_transfer(payer.pubkey(), recipient, SOL)], blockhash)
+            sim = (
+                await client.simulate_transaction(
+                    tx, sig_verify=True, accounts_addresses=[recipient, payer.pubkey()]
+                )
+            ).value
             assert sim.err is None and sim.units_consumed == 150
             assert sim.accounts[0].lamports == SOL
             assert sim.accounts[1].lamports == 9 * SOL - 5000
@@ -167,17 +167,20 @@ def test_wire_format_of_raw_json_rpc(sandbox: Sandbox) -> None:
     assert rpc(sandbox.url, "noSuchMethod")["error"]["code"] == -32601
     assert rpc(sandbox.url, "getBalance", "not-a-key")["error"]["code"] == -32602
     assert rpc(sandbox.url, "getTokenAccountBalance", str(payer.pubkey()))["error"] == {
-        "code": -32602, "message": "Invalid param: not a Token account",
+        "code": -32602,
+        "message": "Invalid param: not a Token account",
     }
 
     request = urllib.request.Request(sandbox.url, b"{not json", {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         assert json.loads(response.read())["error"]["code"] == -32700
 
-    batch = json.dumps([
-        {"jsonrpc": "2.0", "id": 1, "method": "getSlot"},
-        {"jsonrpc": "2.0", "id": 2, "method": "getBlockHeight"},
-    ]).encode()
+    batch = json.dumps(
+        [
+            {"jsonrpc": "2.0", "id": 1, "method": "getSlot"},
+            {"jsonrpc": "2.0", "id": 2, "method": "getBlockHeight"},
+        ]
+    ).encode()
     request = urllib.request.Request(sandbox.url, batch, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         answers = json.loads(response.read())
@@ -211,8 +214,9 @@ def test_status_without_search_history_only_sees_recent_slots(sandbox: Sandbox) 
 
     old = rpc(sandbox.url, "getSignatureStatuses", [str(tx_signature)])
     assert old["result"]["value"] == [None]
-    searched = rpc(sandbox.url, "getSignatureStatuses", [str(tx_signature)],
-                   {"searchTransactionHistory": True})
+    searched = rpc(
+        sandbox.url, "getSignatureStatuses", [str(tx_signature)], {"searchTransactionHistory": True}
+    )
     assert searched["result"]["value"][0]["err"] is None
     assert sandbox.backend.signature_status(tx_signature) is not None  # backend searches
 
@@ -226,8 +230,7 @@ def test_token_balances_and_sandbox_mint_helpers(sandbox: Sandbox) -> None:
 
     assert token_account == spl.associated_token_address(owner, mint)
     answer = rpc(sandbox.url, "getTokenAccountBalance", str(token_account))["result"]["value"]
-    assert answer == {"amount": "1235000", "decimals": 6, "uiAmount": 1.235,
-                      "uiAmountString": "1.235"}
+    assert answer == {"amount": "1235000", "decimals": 6, "uiAmount": 1.235, "uiAmountString": "1.235"}
     assert sandbox.backend.token_balance(token_account) == 1_235_000
 
 
@@ -249,13 +252,14 @@ def test_blocks_follow_wall_clock_when_slot_ms_is_set() -> None:
     "build",
     [
         lambda p, q: [spl.sol_transfer(p, q, SOL)],
-        lambda p, q: [spl.compute_unit_limit(10_001), spl.compute_unit_price(3),
-                      spl.sol_transfer(p, q, SOL)],
-        lambda p, q: [spl.compute_unit_price(1000), spl.sol_transfer(p, q, SOL),
-                      spl.sol_transfer(p, q, 1)],
+        lambda p, q: [spl.compute_unit_limit(10_001), spl.compute_unit_price(3), spl.sol_transfer(p, q, SOL)],
+        lambda p, q: [spl.compute_unit_price(1000), spl.sol_transfer(p, q, SOL), spl.sol_transfer(p, q, 1)],
         lambda p, q: [spl.compute_unit_price(7), spl.memo("x"), spl.sol_transfer(p, q, SOL)],
-        lambda p, q: [spl.compute_unit_limit(2_000_000), spl.compute_unit_price(10),
-                      spl.sol_transfer(p, q, SOL)],
+        lambda p, q: [
+            spl.compute_unit_limit(2_000_000),
+            spl.compute_unit_price(10),
+            spl.sol_transfer(p, q, SOL),
+        ],
     ],
 )
 def test_fee_formula_matches_litesvm(build) -> None:
@@ -264,8 +268,7 @@ def test_fee_formula_matches_litesvm(build) -> None:
     svm = LiteSVM()
     payer, recipient = Keypair(), Keypair()
     svm.airdrop(payer.pubkey(), 100 * SOL)
-    tx = spl.build_transaction(payer, build(payer.pubkey(), recipient.pubkey()),
-                               svm.latest_blockhash())
+    tx = spl.build_transaction(payer, build(payer.pubkey(), recipient.pubkey()), svm.latest_blockhash())
     assert isinstance(svm.latest_blockhash(), Hash)
 
     result = svm.send_transaction(tx)

@@ -58,7 +58,9 @@ def test_invalid_key_material_is_refused(value: str) -> None:
 def test_sign_transaction_is_deterministic_and_verifiable() -> None:
     signer = KeypairSigner.generate()
     message = MessageV0.try_compile(
-        signer.pubkey, [spl.sol_transfer(signer.pubkey, Keypair().pubkey(), 1)], [],
+        signer.pubkey,
+        [spl.sol_transfer(signer.pubkey, Keypair().pubkey(), 1)],
+        [],
         Hash.new_unique(),
     )
 
@@ -74,9 +76,12 @@ def test_treasury_refuses_to_co_sign_or_sign_for_another_payer() -> None:
     signer, other = KeypairSigner.generate(), Keypair()
     needs_two = MessageV0.try_compile(
         signer.pubkey,
-        [spl.sol_transfer(signer.pubkey, other.pubkey(), 1),
-         spl.sol_transfer(other.pubkey(), signer.pubkey, 1)],
-        [], Hash.new_unique(),
+        [
+            spl.sol_transfer(signer.pubkey, other.pubkey(), 1),
+            spl.sol_transfer(other.pubkey(), signer.pubkey, 1),
+        ],
+        [],
+        Hash.new_unique(),
     )
     foreign_payer = MessageV0.try_compile(
         other.pubkey(), [spl.sol_transfer(other.pubkey(), signer.pubkey, 1)], [], Hash.new_unique()
