@@ -11,6 +11,7 @@ u64 values (lamports, rent_epoch) are stored as TEXT because SQLite integers are
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,12 @@ from solders.account import Account
 from solders.pubkey import Pubkey
 
 DB_FILE_NAME = "chain.sqlite3"
+LOCK_FILE_NAME = "chain.lock"
+
+
+class DataDirInUse(RuntimeError):
+    """Another sandbox process owns this data directory."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -64,11 +71,20 @@ class SandboxStore:
     """SQLite persistence. Not thread-safe: the chain calls it under its own lock."""
 
     def __init__(self, data_dir: Path | None) -> None:
+        self._lock_file = None
         if data_dir is None:
             self.path: Path | None = None
             target = ":memory:"
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
+            # Two processes on one data dir would be two diverging chains: refuse the second.
+            lock_file = open(data_dir / LOCK_FILE_NAME, "a+")  # noqa: SIM115 - held until close
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock_file.close()
+                raise DataDirInUse(f"another solana sandbox is using {data_dir}") from None
+            self._lock_file = lock_file
             self.path = data_dir / DB_FILE_NAME
             target = str(self.path)
         self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
@@ -191,3 +207,6 @@ class SandboxStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the flock
+                self._lock_file = None

@@ -276,25 +276,36 @@ def setup_demo_usdc(
     decimals: int = 6,
     mint: Keypair | None = None,
 ) -> DemoUsdc:
-    """A USDC-like mint, the treasury's ATA and `amount` minted into it, all by transactions.
+    """A USDC-like mint, the treasury's ATA holding at least `amount`, all by transactions.
 
+    Idempotent with a fixed `mint` keypair: an existing mint is reused, the ATA is created
+    only if missing, and only the shortfall up to `amount` is minted (safe on every start).
     The mint authority pays for everything, so fund it first (airdrop on the sandbox).
     """
-    mint_address = create_mint(
-        backend,
-        mint_authority,
-        mint_authority=mint_authority.pubkey(),
-        decimals=decimals,
-        mint=mint,
-    )
-    token_account = create_ata(backend, mint_authority, owner=treasury, mint=mint_address)
-    if amount:
+    mint = mint or Keypair()
+    mint_address = mint.pubkey()
+    existing = backend.account(mint_address)
+    if existing is None:
+        create_mint(
+            backend,
+            mint_authority,
+            mint_authority=mint_authority.pubkey(),
+            decimals=decimals,
+            mint=mint,
+        )
+    elif existing.owner != TOKEN_PROGRAM_ID:
+        raise ValueError(f"{mint_address} exists and is not an SPL Token mint")
+    token_account = associated_token_address(treasury, mint_address)
+    if backend.account(token_account) is None:
+        create_ata(backend, mint_authority, owner=treasury, mint=mint_address)
+    shortfall = amount - backend.token_balance(token_account)
+    if shortfall > 0:
         mint_to(
             backend,
             mint_authority,
             mint=mint_address,
             destination=token_account,
-            amount=amount,
+            amount=shortfall,
             decimals=decimals,
         )
     return DemoUsdc(mint=mint_address, decimals=decimals, treasury_token_account=token_account)

@@ -143,6 +143,25 @@ def test_spl_transfer_lands_with_token_balances(sandbox: Sandbox) -> None:
     assert any("Memo" in line for line in details.log_messages)
 
 
+def test_demo_usdc_setup_is_idempotent(sandbox: Sandbox) -> None:
+    authority, mint = sandbox.funded(), Keypair()
+    treasury = Keypair().pubkey()
+
+    first = spl.setup_demo_usdc(
+        sandbox.backend, mint_authority=authority, treasury=treasury, amount=500, mint=mint
+    )
+    second = spl.setup_demo_usdc(
+        sandbox.backend, mint_authority=authority, treasury=treasury, amount=800, mint=mint
+    )
+    third = spl.setup_demo_usdc(
+        sandbox.backend, mint_authority=authority, treasury=treasury, amount=100, mint=mint
+    )
+
+    assert first == second == third
+    assert first.mint == mint.pubkey()
+    assert sandbox.backend.token_balance(first.treasury_token_account) == 800
+
+
 def test_simulate_reports_post_state_without_changing_state(sandbox: Sandbox) -> None:
     payer, recipient = sandbox.funded(), Keypair().pubkey()
     tx, _ = _transfer(sandbox, payer, recipient, 2 * SOL)

@@ -12,6 +12,7 @@ from solders.keypair import Keypair
 from execution.solana import spl
 from execution.solana.backend import AlreadyProcessed, SolanaBackend
 from execution.solana.sandbox import SandboxAdmin, serve_in_thread, start_sandbox_process
+from execution.solana.sandbox_store import DataDirInUse
 from execution.solana.signer import KeypairSigner
 
 SOL = 10**9
@@ -120,3 +121,14 @@ def test_in_thread_server_persists_to_its_data_dir(tmp_path: Path) -> None:
             assert backend.signature_status(signature) is not None
     finally:
         stop()
+
+
+def test_a_data_dir_is_owned_by_one_sandbox_at_a_time(tmp_path: Path) -> None:
+    url, stop = serve_in_thread(data_dir=tmp_path, slot_ms=0)
+    try:
+        with pytest.raises(DataDirInUse):
+            serve_in_thread(data_dir=tmp_path, slot_ms=0)
+    finally:
+        stop()
+    url, stop = serve_in_thread(data_dir=tmp_path, slot_ms=0)  # released on stop
+    stop()
