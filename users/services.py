@@ -206,6 +206,13 @@ def _challenge_consume(*, challenge_id: uuid.UUID, now: dt.datetime) -> None:
         raise Unauthorized("Challenge could not be used", code="CHALLENGE_INVALID")
 
 
+def challenges_purge(*, older_than: dt.timedelta = dt.timedelta(days=1)) -> int:
+    """Delete challenges that expired more than `older_than` ago (periodic job). Anyone can
+    request challenges, so they must not pile up; refused attempts live on in the audit log."""
+    deleted, _ = WalletChallenge.objects.filter(expires_at__lt=timezone.now() - older_than).delete()
+    return deleted
+
+
 def _challenge_spend(*, challenge_id: uuid.UUID) -> None:
     WalletChallenge.objects.filter(pk=challenge_id, used_at__isnull=True).update(
         used_at=timezone.now())

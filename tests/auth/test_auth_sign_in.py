@@ -412,3 +412,18 @@ def test_operators_sign_in_to_admin_with_a_password_and_wallet_users_cannot(auth
     token = auth_api.sign_in(client, auth_api.new_wallet("stellar"))["token"]
     response = outsider.get("/admin/", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+@pytest.mark.django_db
+def test_expired_challenges_are_purged_after_a_day(auth_api, client):
+    from users.services import challenges_purge
+
+    old = auth_api.challenge(client, auth_api.new_wallet("solana"))
+    fresh = auth_api.challenge(client, auth_api.new_wallet("solana"))
+    long_ago = timezone.now() - dt.timedelta(days=2)
+    WalletChallenge.objects.filter(pk=old["challenge_id"]).update(
+        created_at=long_ago, expires_at=long_ago + dt.timedelta(minutes=5))
+
+    assert challenges_purge() == 1
+    assert list(WalletChallenge.objects.values_list("pk", flat=True)) == [
+        WalletChallenge.objects.get(pk=fresh["challenge_id"]).pk]
