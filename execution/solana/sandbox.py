@@ -11,9 +11,12 @@ Start it::
 It prints ``solana sandbox listening on http://127.0.0.1:8899`` when ready and exits 0 on
 SIGTERM/SIGINT. State (accounts, landed transactions, block height) is committed to
 ``<data-dir>/chain.sqlite3`` before each answer and reloaded on start. Without
-``--data-dir`` the chain lives in memory. ``--slot-ms`` sets the block time (400 ms by
-default; 0 = blocks advance only through ``sandbox_advanceBlocks``/``sandbox_expireBlockhash``).
-In-process: ``serve_in_thread()``; as a child process: ``start_sandbox_process()``.
+``--data-dir`` the chain lives in memory. A data dir is locked (flock) by one sandbox
+process at a time: web and worker must share one server, never run two. ``--slot-ms``
+sets the block time (400 ms by default, so a blockhash lives ~60 s as on mainnet;
+0 = blocks advance only through ``sandbox_advanceBlocks``/``sandbox_expireBlockhash``).
+In-process: ``serve_in_thread()``; as a child process: ``start_sandbox_process()``;
+admin calls from Python: ``SandboxAdmin(url)``.
 
 Standard methods: getHealth, getVersion, getGenesisHash, getSlot, getBlockHeight,
 getEpochInfo, getLatestBlockhash, isBlockhashValid, getBalance, getAccountInfo,
@@ -27,7 +30,8 @@ Sandbox-only methods (params are positional, like the standard ones):
 ``sandbox_airdrop [pubkey, lamports]`` → signature
     A real, landed transfer from the sandbox faucet (same as requestAirdrop).
 ``sandbox_setAccount [pubkey, {lamports, data_base64?, owner?, executable?, rent_epoch?}]``
-    Overwrite an account (owner defaults to the System program, data to empty).
+    Overwrite an account (owner defaults to the System program, data to empty);
+    0 lamports deletes it.
 ``sandbox_createMint [{mint_authority, decimals?=6, freeze_authority?, mint?}]`` → {mint}
     An initialized SPL Token mint, written into state (no transaction).
 ``sandbox_mintTo [{mint, owner, amount}]`` → {token_account}

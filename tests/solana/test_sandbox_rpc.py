@@ -274,3 +274,15 @@ def test_fee_formula_matches_litesvm(build) -> None:
     result = svm.send_transaction(tx)
 
     assert result.fee() == compute_fee(tx.message)
+
+
+def test_set_account_writes_raw_state(sandbox: Sandbox) -> None:
+    target, owner = Keypair().pubkey(), Keypair().pubkey()
+
+    sandbox.admin.set_account(target, lamports=1_000_000, data=b"\x01\x02\x03", owner=owner)
+
+    account = sandbox.backend.account(target)
+    assert account is not None
+    assert (account.lamports, account.data, account.owner) == (1_000_000, b"\x01\x02\x03", owner)
+    sandbox.admin.set_account(target, lamports=0)  # zero lamports: the account is gone
+    assert sandbox.backend.account(target) is None
