@@ -46,7 +46,7 @@ def test_valid_signature_signs_in_and_creates_the_user(auth_api, client, chain):
     assert [(x["chain"], x["address"]) for x in body["wallets"]] == [(w.chain, w.address)]
     user = User.objects.get(pk=body["user_id"])
     assert not user.has_usable_password() and not user.is_staff
-    assert 0 < user.deposit_memo < 10**15
+    assert 100_001 <= user.deposit_memo < 10**15  # from user_deposit_memo_seq
     assert Wallet.objects.get(chain=w.chain, address=w.address).user == user
     assert WalletChallenge.objects.get(pk=challenge["challenge_id"]).used_at is not None
     # The token works, and /me shows the verified wallet.
@@ -70,6 +70,25 @@ def test_signing_in_again_returns_the_same_user(auth_api, client, chain):
     assert second["user_created"] is False
     assert second["token"] != first["token"]
     assert User.objects.filter(wallets__address=w.address).count() == 1
+
+
+@pytest.mark.django_db
+def test_solana_signature_may_be_base64(auth_api, client):
+    # Wallet adapters hand the 64 signature bytes over as base58 or base64; both count.
+    import base58
+
+    w = auth_api.new_wallet("solana")
+    challenge = auth_api.challenge(client, w)
+    raw = base58.b58decode(w.proof(challenge)["signature"])
+    response = auth_api.verify(client, challenge, {"signature": base64.b64encode(raw).decode()})
+    assert response.status_code == 200, response.content
+
+
+@pytest.mark.django_db
+def test_new_users_get_distinct_deposit_memos(auth_api, client):
+    memos = {User.objects.get(pk=auth_api.sign_in(client, auth_api.new_wallet("stellar"))["user_id"])
+             .deposit_memo for _ in range(3)}
+    assert len(memos) == 3
 
 
 @pytest.mark.django_db

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
 from users.authentication import token_issue
-from users.models import User, Wallet
+from users.models import ApiToken, User, Wallet
 
 
 class Worker(threading.Thread):
@@ -159,3 +159,30 @@ def test_two_first_sign_ins_of_one_wallet_share_one_new_user(auth_api):
     assert responses[0].json()["user_id"] == responses[1].json()["user_id"]
     assert User.objects.count() == 1
     assert Wallet.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_challenge_verified_twice_at_once_signs_in_once(auth_api):
+    """A replay sent while the first verification is still in flight: both pass the "used?"
+    pre-check, so only the conditional UPDATE (used_at IS NULL) can refuse the second."""
+    holder = auth_api.new_wallet("near")
+    challenge = auth_api.challenge(APIClient(), holder)
+    proof = holder.proof(challenge)
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        # A spends the challenge, then waits at its new user's audit row (uncommitted).
+        cursor.execute("LOCK TABLE risk_auditevent IN SHARE MODE")
+        a = Worker(lambda: auth_api.verify(APIClient(), challenge, proof))
+        a.start()
+        wait_until_blocked(a)
+        # B saw the challenge unused, checked the signature, and waits on A's row lock.
+        b = Worker(lambda: auth_api.verify(APIClient(), challenge, proof))
+        b.start()
+        wait_until_blocked(b)
+    response_a, response_b = a.outcome(), b.outcome()
+
+    assert response_a.status_code == 200, response_a.content
+    assert response_b.status_code == 401, response_b.content
+    assert response_b.json()["error_code"] == "CHALLENGE_USED"
+    assert User.objects.count() == 1
+    assert ApiToken.objects.count() == 1
