@@ -123,12 +123,13 @@ class CorsMiddleware:
         allowed = self._allowed_origin(origin)
         preflight = (request.method == "OPTIONS"
                      and "Access-Control-Request-Method" in request.headers)
-        if preflight:
-            response = HttpResponse(status=204 if allowed else 403)
-            if allowed:
-                response["Access-Control-Allow-Methods"] = self.ALLOW_METHODS
-                response["Access-Control-Allow-Headers"] = self.ALLOW_HEADERS
-                response["Access-Control-Max-Age"] = self.MAX_AGE
+        if preflight and not allowed:
+            response = json_error(request, 403, "Origin not allowed", "FORBIDDEN")
+        elif preflight:
+            response = HttpResponse(status=204)
+            response["Access-Control-Allow-Methods"] = self.ALLOW_METHODS
+            response["Access-Control-Allow-Headers"] = self.ALLOW_HEADERS
+            response["Access-Control-Max-Age"] = self.MAX_AGE
         else:
             response = self.get_response(request)
         if allowed:
