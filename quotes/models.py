@@ -169,6 +169,10 @@ class PriceObservation(models.Model):
     class Meta:
         indexes = [models.Index(fields=["pair", "publish_time"])]
         constraints = [
+            # One row per price the oracle published: recorders in several processes
+            # insert with ON CONFLICT DO NOTHING.
+            models.UniqueConstraint(fields=["pair", "source", "publish_time"],
+                                    name="price_observation_unique_publish"),
             models.CheckConstraint(condition=Q(price__gt=0), name="price_positive"),
             models.CheckConstraint(condition=Q(confidence__gte=0), name="price_confidence_gte_0"),
         ]

@@ -35,3 +35,96 @@ def api_client(user) -> APIClient:
 @pytest.fixture
 def anon_client() -> APIClient:
     return APIClient()
+
+
+# -- Solana sandbox (LiteSVM JSON-RPC server) -------------------------------------------------
+
+
+class SolanaSandbox:
+    """A running sandbox chain for the test session, with the treasury funded.
+
+    Attributes: `url` (also in settings.SOLANA_RPC_URL for the session), `admin`
+    (`SandboxAdmin` for sandbox_* methods: faults, expire_blockhash, set_account...),
+    `backend` (a `SolanaBackend` on it), `treasury` (Pubkey of settings.SOLANA_TREASURY_KEY),
+    `usdc_mint` / `usdc_decimals` (6) / `treasury_usdc_account` (the treasury's ATA,
+    funded with `TREASURY_USDC` base units; settings.SOLANA_USDC_MINT points at the mint).
+    The chain is shared by the whole session: assert on balance deltas, not absolutes.
+    """
+
+    TREASURY_LAMPORTS = 1_000 * 10**9
+    TREASURY_USDC = 1_000_000 * 10**6
+
+    def __init__(self, url: str) -> None:
+        from django.conf import settings
+        from solders.keypair import Keypair
+
+        from execution.solana import spl
+        from execution.solana.backend import SolanaBackend
+        from execution.solana.sandbox import SandboxAdmin
+        from execution.solana.signer import KeypairSigner
+
+        self.url = url
+        self.admin = SandboxAdmin(url)
+        self.backend = SolanaBackend(url)
+        self.treasury = KeypairSigner.from_setting(settings.SOLANA_TREASURY_KEY).pubkey
+        self.admin.airdrop(self.treasury, self.TREASURY_LAMPORTS)
+        self.mint_authority = Keypair()
+        self.admin.airdrop(self.mint_authority.pubkey(), 10 * 10**9)
+        demo = spl.setup_demo_usdc(self.backend, mint_authority=self.mint_authority,
+                                   treasury=self.treasury, amount=self.TREASURY_USDC)
+        self.usdc_mint = demo.mint
+        self.usdc_decimals = demo.decimals
+        self.treasury_usdc_account = demo.treasury_token_account
+
+    def balance(self, pubkey) -> int:
+        return self.backend.balance(pubkey)
+
+    def token_balance(self, token_account) -> int:
+        return self.backend.token_balance(token_account)
+
+    def funded_keypair(self, lamports: int = 10 * 10**9):
+        """A fresh keypair holding `lamports` (a real airdrop transaction)."""
+        from solders.keypair import Keypair
+
+        keypair = Keypair()
+        self.admin.airdrop(keypair.pubkey(), lamports)
+        return keypair
+
+    def usdc_account_for(self, owner) -> object:
+        """`owner`'s USDC associated token account, created (empty) if missing."""
+        from execution.solana import spl
+
+        return spl.create_ata(self.backend, self.mint_authority, owner=owner, mint=self.usdc_mint)
+
+    def mint_usdc(self, owner, amount: int):
+        """Mint `amount` base units to `owner`'s USDC account (created if missing)."""
+        from execution.solana import spl
+
+        account = self.usdc_account_for(owner)
+        spl.mint_to(self.backend, self.mint_authority, mint=self.usdc_mint, destination=account,
+                    amount=amount, decimals=self.usdc_decimals)
+        return account
+
+
+@pytest.fixture(scope="session")
+def solana_sandbox():
+    """Session-wide LiteSVM sandbox on a free port; settings point at it for the session.
+
+    Sets settings.SOLANA_RPC_URL and settings.SOLANA_USDC_MINT (restored afterwards), so
+    code under test that reads settings talks to this chain.
+    """
+    from django.conf import settings
+
+    from execution.solana.sandbox import serve_in_thread
+
+    url, stop = serve_in_thread(port=0)
+    saved = {name: getattr(settings, name) for name in ("SOLANA_RPC_URL", "SOLANA_USDC_MINT")}
+    settings.SOLANA_RPC_URL = url
+    try:
+        sandbox = SolanaSandbox(url)
+        settings.SOLANA_USDC_MINT = str(sandbox.usdc_mint)
+        yield sandbox
+    finally:
+        for name, value in saved.items():
+            setattr(settings, name, value)
+        stop()

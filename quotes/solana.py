@@ -1,0 +1,189 @@
+"""What a piece of Solana work costs the treasury, found by simulating it.
+
+`work_cost()` builds the transaction exactly as the executor will
+(`solana_tx.build_execution_message`, placeholder memo of the same length), reads the
+treasury's account and every writable account of the work (pre-state, one
+getMultipleAccounts), simulates it with those accounts returned (post-state, one
+simulateTransaction with replaceRecentBlockhash), and reports:
+
+* fee = 5000 × 1 signature + ceil(CU limit × price / 10^6), what the runtime charges;
+* SOL outflow = treasury pre − post − fee (rent of accounts it creates is inside);
+* token outflow per mint = pre − post of every token account the treasury owns.
+
+Pre-state and simulation are two RPC calls, so a transaction landing between them is
+seen as part of this work. Only the treasury spends from its accounts, so such a race can
+only make a quote too high (never too low), and the executor re-simulates against
+`max_lamports_spend` before sending anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from solders.account import Account
+from solders.hash import Hash
+from solders.instruction import Instruction
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.token.state import TokenAccount
+from solders.transaction import VersionedTransaction
+
+from config.errors import Unavailable
+from execution.solana.backend import SolanaBackend, SolanaError, SolanaUnavailable
+from execution.solana.signer import KeypairSigner
+from quotes.errors import InvalidQuoteParameters
+from quotes.solana_tx import (
+    QUOTE_MEMO_PLACEHOLDER,
+    SYSTEM_PROGRAM,
+    TOKEN_PROGRAMS,
+    build_execution_message,
+    execution_fee_lamports,
+    execution_memo,
+)
+from risk.errors import InsufficientTreasury
+
+TOKEN_ACCOUNT_SIZE = 165
+# Instructions the executor puts before the client's (SetComputeUnitLimit, SetComputeUnitPrice).
+_PREPENDED_INSTRUCTIONS = 2
+# System: ResultWithNegativeLamports; SPL Token: InsufficientFunds. Both are custom error 1.
+_INSUFFICIENT_FUNDS_ERROR = 1
+
+
+class ChainUnavailable(Unavailable):
+    code = "CHAIN_UNAVAILABLE"
+    default_message = "The Solana node is not answering; try again shortly"
+
+
+_backend_lock = threading.Lock()
+_backend: SolanaBackend | None = None
+
+
+def get_backend() -> SolanaBackend:
+    """One `SolanaBackend` per process for `SOLANA_RPC_URL` (rebuilt if the setting moves)."""
+    global _backend
+    current = _backend
+    if current is not None and current.url == settings.SOLANA_RPC_URL:
+        return current
+    with _backend_lock:
+        if _backend is None or _backend.url != settings.SOLANA_RPC_URL:
+            if _backend is not None:
+                _backend.close()
+            _backend = SolanaBackend(settings.SOLANA_RPC_URL,
+                                     timeout=settings.SOLANA_RPC_TIMEOUT_SECONDS)
+        return _backend
+
+
+@functools.lru_cache(maxsize=4)
+def _treasury_pubkey(setting: str) -> Pubkey:
+    return KeypairSigner.from_setting(setting).pubkey
+
+
+def treasury_pubkey() -> Pubkey:
+    """The treasury's Solana address (fee payer and only signer of every execution)."""
+    return _treasury_pubkey(settings.SOLANA_TREASURY_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkCost:
+    fee_lamports: int
+    treasury_outflow_lamports: int
+    token_outflows: dict[str, int]  # mint → base units leaving treasury token accounts
+    treasury_lamports: int  # the treasury's live balance before the work
+    treasury_token_balances: dict[str, int] = field(default_factory=dict)  # mint → before
+    units_consumed: int = 0
+
+    @property
+    def max_lamports_spend(self) -> int:
+        return self.treasury_outflow_lamports + self.fee_lamports
+
+
+def _token_state(account: Account | None) -> TokenAccount | None:
+    if (account is None or str(account.owner) not in TOKEN_PROGRAMS
+            or len(account.data) < TOKEN_ACCOUNT_SIZE):
+        return None
+    try:
+        # Token-2022 accounts carry extensions after the 165-byte base layout.
+        return TokenAccount.from_bytes(bytes(account.data[:TOKEN_ACCOUNT_SIZE]))
+    except Exception:
+        return None
+
+
+def _simulation_refusal(err: Any, logs: list[str], instructions: list[Instruction],
+                        treasury: Pubkey) -> Exception:
+    """Map a failed simulation to what the client should be told."""
+    if err in ("InsufficientFundsForFee", "AccountNotFound"):
+        return InsufficientTreasury(details={"simulation_error": err})
+    if isinstance(err, dict) and "InsufficientFundsForRent" in err:
+        index = (err["InsufficientFundsForRent"] or {}).get("account_index")
+        if index == 0:  # account 0 is the fee payer: the treasury
+            return InsufficientTreasury(details={"simulation_error": err})
+    details: dict[str, Any] = {"simulation_error": err, "logs": logs[-10:]}
+    if isinstance(err, dict) and "InstructionError" in err:
+        position, reason = err["InstructionError"]
+        client_index = position - _PREPENDED_INSTRUCTIONS
+        details["instruction"] = client_index
+        if 0 <= client_index < len(instructions) and reason == {"Custom": _INSUFFICIENT_FUNDS_ERROR}:
+            program = str(instructions[client_index].program_id)
+            treasury_is_source = any(meta.pubkey == treasury and meta.is_signer
+                                     for meta in instructions[client_index].accounts)
+            if treasury_is_source and (program == SYSTEM_PROGRAM or program in TOKEN_PROGRAMS):
+                return InsufficientTreasury(details=details)
+    return InvalidQuoteParameters("The transaction fails in simulation", details=details)
+
+
+def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) -> WorkCost:
+    """Simulate the work as the executor will send it and measure what it costs the treasury."""
+    backend = get_backend()
+    treasury = treasury_pubkey()
+    message = build_execution_message(instructions, cu_limit, cu_price,
+                                      execution_memo(QUOTE_MEMO_PLACEHOLDER), treasury,
+                                      Hash.default())
+    watched = [treasury]
+    for ix in instructions:
+        for meta in ix.accounts:
+            if meta.is_writable and meta.pubkey not in watched:
+                watched.append(meta.pubkey)
+    # The node replaces the blockhash and skips signature checks: no signature is needed.
+    tx = VersionedTransaction.populate(message, [Signature.default()])
+    try:
+        before = backend.accounts(watched)
+        result = backend.simulate(tx, watched, replace_recent_blockhash=True)
+    except SolanaUnavailable:
+        raise ChainUnavailable() from None
+    except SolanaError as exc:
+        raise InvalidQuoteParameters("The Solana node refused to simulate the transaction",
+                                     details={"reason": str(exc)[:200]}) from None
+    if not result.succeeded:
+        raise _simulation_refusal(result.err, result.logs, instructions, treasury)
+    if result.units_consumed > cu_limit:
+        raise InvalidQuoteParameters("The transaction needs more compute units than requested",
+                                     details={"units_consumed": result.units_consumed,
+                                              "estimated_compute_units": cu_limit})
+    fee = execution_fee_lamports(cu_limit, cu_price)
+    pre_treasury = before.get(treasury)
+    post_treasury = result.post_accounts.get(treasury)
+    pre_lamports = pre_treasury.lamports if pre_treasury else 0
+    post_lamports = post_treasury.lamports if post_treasury else 0
+    outflow = max(0, pre_lamports - post_lamports - fee)
+
+    token_outflows: dict[str, int] = {}
+    token_balances: dict[str, int] = {}
+    for pubkey in watched[1:]:
+        pre_state = _token_state(before.get(pubkey))
+        if pre_state is None or pre_state.owner != treasury:
+            continue
+        post_state = _token_state(result.post_accounts.get(pubkey))
+        post_amount = post_state.amount if post_state is not None else 0
+        mint = str(pre_state.mint)
+        token_balances[mint] = token_balances.get(mint, 0) + pre_state.amount
+        spent = pre_state.amount - post_amount
+        if spent > 0:
+            token_outflows[mint] = token_outflows.get(mint, 0) + spent
+    return WorkCost(fee_lamports=fee, treasury_outflow_lamports=outflow,
+                    token_outflows=token_outflows, treasury_lamports=pre_lamports,
+                    treasury_token_balances=token_balances,
+                    units_consumed=result.units_consumed)
