@@ -84,6 +84,9 @@ class CircuitBreaker(models.Model):
     opened_at = models.DateTimeField(null=True, blank=True)
     opened_by = models.CharField(max_length=128, blank=True, default="")
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # The last operator reset: outflow and quote volume are measured from here, so a reset
+    # after a reviewed spike is not undone by the very spike the operator just accepted.
+    reset_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -132,3 +135,59 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+
+
+class SpendReservation(models.Model):
+    """The limits one execution consumed, so a failure gives back exactly what it took, once.
+
+    Written in the executor's transaction together with the conditional UPDATEs on the day
+    counters; `state` moves reserved → released (failure) or reserved → consumed (success)
+    by a conditional UPDATE, so two concurrent releases cannot both subtract.
+    """
+
+    class State(models.TextChoices):
+        RESERVED = "reserved"
+        RELEASED = "released"
+        CONSUMED = "consumed"
+
+    quote = models.OneToOneField("quotes.Quote", on_delete=models.PROTECT,
+                                 related_name="spend_reservation")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField(help_text="UTC day whose counters hold this spend")
+    lamports = amount_field(help_text="Solana chain and per-user daily spend (max_lamports_spend)")
+    source_chain = models.CharField(max_length=16, choices=Chain.choices)
+    source_amount = amount_field(help_text="source chain daily spend (the quote's total_cost)")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RESERVED)
+    created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="when it was released or consumed")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(lamports__gte=0) & Q(source_amount__gte=0),
+                                   name="spend_reservation_amounts_gte_0"),
+            models.CheckConstraint(condition=Q(state__in=["reserved", "released", "consumed"]),
+                                   name="spend_reservation_state_valid"),
+            models.CheckConstraint(condition=Q(state="reserved") | Q(settled_at__isnull=False),
+                                   name="spend_reservation_settled_has_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"reservation {self.quote_id} ({self.state})"
+
+
+class TreasuryOutflow(models.Model):
+    """Lamports that actually left the treasury, one row per successful execution.
+
+    The hourly outflow trigger sums this table over the last hour (indexed on `at`).
+    """
+
+    quote = models.OneToOneField("quotes.Quote", on_delete=models.PROTECT, null=True, blank=True,
+                                 related_name="+")
+    lamports = amount_field()
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(lamports__gt=0), name="treasury_outflow_gt_0"),
+        ]

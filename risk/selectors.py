@@ -1,10 +1,164 @@
-"""Reads of risk state."""
+"""Reads of risk state: the breaker, today's spend, hourly outflow, quote volume, limits."""
 
 from __future__ import annotations
 
-from risk.models import CircuitBreaker
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, Chain, format_amount, whole_to_smallest
+from risk.models import CircuitBreaker, DailySpending, TreasuryOutflow
+
+logger = logging.getLogger(__name__)
+
+HOUR = dt.timedelta(hours=1)
+VOLUME_BASELINE_HOURS = 24
 
 
 def breaker_is_open() -> bool:
     """One indexed read (primary key): cheap enough for every quote and execution."""
     return CircuitBreaker.objects.filter(pk=1, is_open=True).exists()
+
+
+def breaker_state() -> dict[str, Any]:
+    breaker = CircuitBreaker.objects.filter(pk=1).first() or CircuitBreaker(pk=1)
+    return {"open": breaker.is_open, "reason": breaker.reason, "trigger": breaker.trigger,
+            "opened_at": breaker.opened_at}
+
+
+def utc_today() -> dt.date:
+    """The UTC day that daily limits count against."""
+    return timezone.now().astimezone(dt.UTC).date()
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    """The configured limits in smallest units (settings hold whole SOL / XLM / NEAR)."""
+
+    chain_daily: dict[str, int]
+    user_daily_lamports: int
+    per_transaction_lamports: int
+
+
+def risk_limits() -> RiskLimits:
+    sol = NATIVE_DECIMALS["SOL"]
+    return RiskLimits(
+        chain_daily={
+            Chain.SOLANA: whole_to_smallest(settings.SOLANA_DAILY_LIMIT, sol),
+            Chain.STELLAR: whole_to_smallest(settings.STELLAR_DAILY_LIMIT, NATIVE_DECIMALS["XLM"]),
+            Chain.NEAR: whole_to_smallest(settings.NEAR_DAILY_LIMIT, NATIVE_DECIMALS["NEAR"]),
+        },
+        user_daily_lamports=whole_to_smallest(settings.USER_DAILY_LIMIT_SOL, sol),
+        per_transaction_lamports=whole_to_smallest(settings.PER_TRANSACTION_LIMIT_SOL, sol),
+    )
+
+
+def since_last_reset(start: dt.datetime) -> Coalesce:
+    """The later of `start` and the last operator reset, in SQL (no extra round trip).
+    Outflow and volume an operator reviewed and reset must not trip the breaker again."""
+    reset_at = Subquery(CircuitBreaker.objects.filter(pk=1).values("reset_at")[:1])
+    return Coalesce(reset_at, Value(start))
+
+
+def hourly_outflow_lamports() -> int:
+    """Lamports booked as treasury outflow in the last hour (since the last reset, if later)."""
+    hour_ago = timezone.now() - HOUR
+    recent = TreasuryOutflow.objects.filter(Q(at__gte=hour_ago)
+                                            & Q(at__gte=since_last_reset(hour_ago)))
+    return int(recent.aggregate(total=Sum("lamports"))["total"] or 0)
+
+
+def quote_volume_counts() -> tuple[int, int]:
+    """(quotes created in the last hour since the last reset, quotes in the 24 hours
+    before that hour): one aggregate over the `created_at` index."""
+    from quotes.models import Quote
+
+    hour_ago = timezone.now() - HOUR
+    counts = Quote.objects.filter(
+        created_at__gte=hour_ago - HOUR * VOLUME_BASELINE_HOURS
+    ).aggregate(
+        last_hour=Count("pk", filter=Q(created_at__gte=hour_ago)
+                        & Q(created_at__gte=since_last_reset(hour_ago))),
+        baseline=Count("pk", filter=Q(created_at__lt=hour_ago)),
+    )
+    return int(counts["last_hour"]), int(counts["baseline"])
+
+
+def spend_today() -> dict[str, int]:
+    """Reserved spend per chain for the current UTC day, smallest units."""
+    rows = DailySpending.objects.filter(day=utc_today()).values_list("chain", "amount_spent")
+    return {chain: int(amount) for chain, amount in rows}
+
+
+def _amount(smallest: int, asset: str) -> dict[str, str]:
+    return {"amount": str(smallest), "whole": format_amount(smallest, NATIVE_DECIMALS[asset]),
+            "asset": asset}
+
+
+def limits_overview() -> dict[str, Any]:
+    """Limits and breaker thresholds as clients and operators see them."""
+    limits = risk_limits()
+    spent = spend_today()
+    chain_daily = {}
+    for chain, limit in limits.chain_daily.items():
+        asset = NATIVE_ASSET[Chain(chain)]
+        used = spent.get(chain, 0)
+        chain_daily[str(chain)] = {
+            "limit": _amount(limit, asset),
+            "spent_today": _amount(used, asset),
+            "remaining_today": _amount(max(limit - used, 0), asset),
+        }
+    return {
+        "day": utc_today().isoformat(),
+        "chain_daily": chain_daily,
+        "user_daily": _amount(limits.user_daily_lamports, "SOL"),
+        "per_transaction": _amount(limits.per_transaction_lamports, "SOL"),
+        "circuit_breaker": {
+            "enabled": settings.CIRCUIT_BREAKER_ENABLED,
+            "hourly_outflow_threshold": str(settings.HOURLY_OUTFLOW_THRESHOLD),
+            "consecutive_failure_threshold": settings.CONSECUTIVE_FAILURE_THRESHOLD,
+            "volume_spike_ratio": str(settings.VOLUME_SPIKE_RATIO),
+            "volume_spike_floor": settings.VOLUME_SPIKE_FLOOR,
+        },
+    }
+
+
+def _quote_signing_public_key() -> str | None:
+    try:
+        from quotes.signing import service_public_key
+
+        return str(service_public_key())
+    except Exception:  # no signing key configured: say so rather than fail the page
+        logger.warning("quote signing public key unavailable", exc_info=True)
+        return None
+
+
+def _treasury_solana_address() -> str | None:
+    try:
+        from settlement.services.treasury import treasury_solana_address
+
+        return treasury_solana_address()
+    except Exception:  # no treasury key configured: say so rather than fail the page
+        logger.warning("treasury Solana address unavailable", exc_info=True)
+        return None
+
+
+def treasury_overview() -> dict[str, Any]:
+    """The public `/api/v1/treasury` document: where to pay, the limits, the breaker."""
+    return {
+        "solana": {"treasury": _treasury_solana_address(), "cluster": settings.SOLANA_CLUSTER},
+        "stellar": {"address": settings.STELLAR_TREASURY_ADDRESS,
+                    "network_passphrase": settings.STELLAR_NETWORK_PASSPHRASE},
+        "near": {"payment_account": settings.NEAR_PAYMENT_ACCOUNT,
+                 "network": settings.NEAR_NETWORK},
+        "limits": limits_overview(),
+        "circuit_breaker": breaker_state(),
+        "mode": settings.CHAIN_MODE,
+        "quote_signing_public_key": _quote_signing_public_key(),
+    }

@@ -1,0 +1,238 @@
+"""Spend limits: a cheap read-only check when a quote is made, and the reservation that
+really consumes them inside the executor's transaction.
+
+Limits (settings in whole units, enforced in smallest units): the Solana chain's daily
+lamport outflow (`max_lamports_spend`, the bound the executor enforces), each source
+chain's daily intake (`total_cost` in stroops / yoctoNEAR), each user's daily lamports,
+and lamports per transaction. Days are UTC.
+
+The quote-time check is advisory (it reads, so two quotes can both pass); the reservation
+is the guarantee: one conditional `UPDATE ... SET amount_spent = amount_spent + X WHERE
+amount_spent + X <= limit` per counter, whose row count says whether this execution got
+the room. PostgreSQL re-checks the WHERE clause after waiting for a concurrent writer, so
+no interleaving can overshoot a limit. A `SpendReservation` row remembers what was taken so
+a failed execution gives it back exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.db import connection, models, transaction
+from django.db.models import DecimalField, F, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from config.chains import AMOUNT_DIGITS, NATIVE_ASSET, Chain
+from config.errors import InvalidRequest
+from risk.audit import audit_record
+from risk.errors import CircuitBreakerOpen, DailyLimitExceeded, InsufficientTreasury, TransactionLimitExceeded
+from risk.models import CircuitBreaker, DailySpending, SpendReservation, UserDailySpending
+from risk.selectors import RiskLimits, risk_limits, utc_today
+from risk.services.breaker import breaker_assert_closed, breaker_check_quote_volume
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from quotes.models import Quote
+    from users.models import User
+
+logger = logging.getLogger(__name__)
+
+_AMOUNT = DecimalField(max_digits=AMOUNT_DIGITS, decimal_places=0)
+
+
+@dataclass(frozen=True)
+class _Counter:
+    """One daily counter a spend consumes, in the order they are always locked."""
+
+    scope: str  # the refusal's `details.scope`
+    model: type[DailySpending] | type[UserDailySpending]
+    key: dict[str, Any]
+    amount: int
+    limit: int
+    asset: str
+
+
+def _counters(*, limits: RiskLimits, user_id: Any, day: dt.date, lamports: int,
+              source_chain: str, source_amount: int) -> list[_Counter]:
+    # A fixed order (Solana row, then the source chain's row, then the user's row) so two
+    # concurrent reservations never wait on each other's rows in a cycle.
+    return [
+        _Counter("solana_daily", DailySpending, {"chain": Chain.SOLANA, "day": day}, lamports,
+                 limits.chain_daily[Chain.SOLANA], "SOL"),
+        _Counter(f"{source_chain}_daily", DailySpending, {"chain": source_chain, "day": day},
+                 source_amount, limits.chain_daily[source_chain],
+                 NATIVE_ASSET[Chain(source_chain)]),
+        _Counter("user_daily", UserDailySpending, {"user_id": user_id, "day": day}, lamports,
+                 limits.user_daily_lamports, "SOL"),
+    ]
+
+
+def _limit_refusal(counter: _Counter, *, spent: int) -> DailyLimitExceeded:
+    return DailyLimitExceeded(
+        f"Daily limit exceeded ({counter.scope})",
+        details={"scope": counter.scope, "asset": counter.asset, "limit": str(counter.limit),
+                 "spent_today": str(spent), "requested": str(counter.amount)})
+
+
+def _check_per_transaction(*, lamports: int, limits: RiskLimits) -> None:
+    if lamports > limits.per_transaction_lamports:
+        raise TransactionLimitExceeded(
+            details={"asset": "SOL", "limit": str(limits.per_transaction_lamports),
+                     "requested": str(lamports)})
+
+
+def _source_chain_checked(source_chain: str) -> str:
+    if source_chain not in (Chain.STELLAR, Chain.NEAR):
+        raise InvalidRequest(f"Unknown source chain {source_chain!r}",
+                             code="INVALID_QUOTE_PARAMETERS")
+    return source_chain
+
+
+# --- quote time: read only ---------------------------------------------------------------
+
+def _spent(counters: models.QuerySet[Any]) -> Coalesce:
+    return Coalesce(Subquery(counters.values("amount_spent")[:1]), Value(Decimal(0)),
+                    output_field=_AMOUNT)
+
+
+def risk_check_quote(*, user: User, lamports_spend: int, source_chain: str,
+                     source_amount: int) -> None:
+    """Refuse a quote the limits would refuse at execution: breaker open (503),
+    over the per-transaction limit (400), or over what today's limits have left (429).
+
+    At most two queries: the (cached) quote volume count, and one row holding the breaker
+    state and the three counters, each a unique-index lookup.
+    """
+    source_chain = _source_chain_checked(source_chain)
+    if lamports_spend < 0 or source_amount < 0:
+        raise InvalidRequest("Amounts must not be negative", code="INVALID_QUOTE_PARAMETERS")
+    breaker_check_quote_volume()
+    limits = risk_limits()
+    day = utc_today()
+    state = get_user_model().objects.filter(pk=user.pk).values("pk").annotate(
+        breaker_open=Coalesce(Subquery(CircuitBreaker.objects.filter(pk=1).values("is_open")[:1]),
+                              Value(False)),
+        solana_spent=_spent(DailySpending.objects.filter(chain=Chain.SOLANA, day=day)),
+        source_spent=_spent(DailySpending.objects.filter(chain=source_chain, day=day)),
+        user_spent=_spent(UserDailySpending.objects.filter(user_id=OuterRef("pk"), day=day)),
+    ).get()
+    if state["breaker_open"]:
+        raise CircuitBreakerOpen()
+    _check_per_transaction(lamports=lamports_spend, limits=limits)
+    counters = _counters(limits=limits, user_id=user.pk, day=day, lamports=lamports_spend,
+                         source_chain=source_chain, source_amount=source_amount)
+    spent = {"solana_daily": state["solana_spent"], f"{source_chain}_daily": state["source_spent"],
+             "user_daily": state["user_spent"]}
+    # The user's own limit first: it is the one a client can act on.
+    for counter in sorted(counters, key=lambda c: c.scope != "user_daily"):
+        already = int(spent[counter.scope])
+        if already + counter.amount > counter.limit:
+            raise _limit_refusal(counter, spent=already)
+
+
+# --- execution time: consume atomically ---------------------------------------------------
+
+def _consume(counter: _Counter) -> bool:
+    room = counter.model.objects.filter(**counter.key,
+                                        amount_spent__lte=counter.limit - counter.amount)
+    change = {"amount_spent": F("amount_spent") + counter.amount,
+              "transaction_count": F("transaction_count") + 1}
+    if room.update(**change):
+        return True
+    # First spend of the day: create the row (a concurrent creator wins harmlessly), retry.
+    row: Any = counter.model(**counter.key)
+    counter.model.objects.bulk_create([row], ignore_conflicts=True)
+    return bool(room.update(**change))
+
+
+def _reservation_insert(*, quote: Quote, day: dt.date, lamports: int, source_amount: int) -> bool:
+    """Insert the reservation unless this quote already has one; True when inserted."""
+    sql = (
+        f"INSERT INTO {SpendReservation._meta.db_table} "  # noqa: S608 - our table name, values bound
+        "(quote_id, user_id, day, lamports, source_chain, source_amount, state, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (quote_id) DO NOTHING RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [quote.pk, quote.user_id, day, Decimal(lamports), quote.source_chain,
+                             Decimal(source_amount), SpendReservation.State.RESERVED,
+                             timezone.now()])
+        return cursor.fetchone() is not None
+
+
+def risk_reserve_execution(*, quote: Quote, treasury_balance_lamports: int | None = None) -> None:
+    """Consume today's limits for this quote's execution, or refuse it.
+
+    Call inside the executor's transaction after locking the quote. Raises
+    CircuitBreakerOpen while the breaker is open (leave the quote committed: it waits for
+    the reset), TransactionLimitExceeded, DailyLimitExceeded, or InsufficientTreasury when
+    the caller passes a treasury balance that cannot cover `max_lamports_spend`. A refusal
+    leaves every counter untouched. Reserving again for the same quote is a no-op.
+    """
+    with transaction.atomic():
+        breaker_assert_closed()
+        limits = risk_limits()
+        lamports = int(quote.max_lamports_spend)
+        source_amount = int(quote.total_cost)
+        source_chain = _source_chain_checked(quote.source_chain)
+        _check_per_transaction(lamports=lamports, limits=limits)
+        if treasury_balance_lamports is not None and lamports > treasury_balance_lamports:
+            raise InsufficientTreasury(details={"required_lamports": str(lamports),
+                                                "treasury_lamports": str(treasury_balance_lamports)})
+        day = utc_today()
+        if not _reservation_insert(quote=quote, day=day, lamports=lamports,
+                                   source_amount=source_amount):
+            return
+        for counter in _counters(limits=limits, user_id=quote.user_id, day=day,
+                                 lamports=lamports, source_chain=source_chain,
+                                 source_amount=source_amount):
+            if not _consume(counter):
+                spent = counter.model.objects.filter(**counter.key).values_list(
+                    "amount_spent", flat=True).first()
+                # Raising rolls this savepoint back: the reservation row and the counters
+                # already consumed above are undone with it.
+                raise _limit_refusal(counter, spent=int(spent or 0))
+
+
+def risk_release_execution(*, quote: Quote) -> bool:
+    """Give a failed execution's reservation back, exactly once; True if this call did it."""
+    with transaction.atomic():
+        released = SpendReservation.objects.filter(
+            quote_id=quote.pk, state=SpendReservation.State.RESERVED,
+        ).update(state=SpendReservation.State.RELEASED, settled_at=timezone.now())
+        if not released:
+            return False
+        reservation = SpendReservation.objects.get(quote_id=quote.pk)
+        lamports, source_amount = int(reservation.lamports), int(reservation.source_amount)
+        for counter in _counters(limits=risk_limits(), user_id=reservation.user_id,
+                                 day=reservation.day, lamports=lamports,
+                                 source_chain=reservation.source_chain,
+                                 source_amount=source_amount):
+            counter.model.objects.filter(**counter.key).update(
+                amount_spent=F("amount_spent") - counter.amount,
+                transaction_count=F("transaction_count") - 1)
+        audit_record(event_type="spend_released", actor="system:risk", entity_type="quote",
+                     entity_id=quote.pk, user_id=reservation.user_id,
+                     details={"day": reservation.day.isoformat(), "lamports": str(lamports),
+                              "source_chain": reservation.source_chain,
+                              "source_amount": str(source_amount)})
+    return True
+
+
+def risk_consume_execution(*, quote: Quote) -> bool:
+    """Mark a reservation spent (the execution landed), so it can never be released."""
+    return bool(SpendReservation.objects.filter(
+        quote_id=quote.pk, state=SpendReservation.State.RESERVED,
+    ).update(state=SpendReservation.State.CONSUMED, settled_at=timezone.now()))
+
+
+def treasury_balance_lamports() -> int:
+    """The treasury's SOL per the ledger, for callers without a fresh chain reading."""
+    from settlement.ledger import account_balance, account_code
+
+    return account_balance(account_code("treasury", Chain.SOLANA, "SOL"))
