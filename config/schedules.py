@@ -10,6 +10,7 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("client webhook retries", "users.notifications.notify_retry_due", 1),
     ("idempotency key purge", "config.idempotency.idempotency_keys_purge", 60),
     ("sign-in challenge purge", "users.services.challenges_purge", 60),
+    ("risk checks and alert redelivery", "risk.tasks.risk_periodic_checks", 1),
 ]
 
 
