@@ -71,23 +71,28 @@ def sandbox_identity(data_dir: Path) -> dict[str, str]:
     import secrets
 
     path = data_dir / "sandbox_identity.json"
-    if path.exists():
-        loaded: dict[str, str] = json.loads(path.read_text())
-        return loaded
+    identity: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
 
     from solders.keypair import Keypair as SolanaKeypair
     from stellar_sdk import Keypair as StellarKeypair
 
     stellar = StellarKeypair.random()
-    near_seed = secrets.token_bytes(32)
-    identity = {
-        "solana_treasury_key": str(SolanaKeypair()),  # base58 of the 64-byte keypair
-        "stellar_treasury_address": stellar.public_key,
-        "stellar_treasury_secret": stellar.secret,
-        "near_payment_account": "solpay-treasury.test.near",
-        "near_treasury_key_hex": near_seed.hex(),
-        "quote_signing_key_hex": secrets.token_bytes(32).hex(),
+    wanted = {
+        "solana_treasury_key": lambda: str(SolanaKeypair()),  # base58 of the 64-byte keypair
+        "stellar_treasury_address": lambda: stellar.public_key,
+        "stellar_treasury_secret": lambda: stellar.secret,
+        "near_payment_account": lambda: "solpay-treasury.test.near",
+        "near_treasury_key_hex": lambda: secrets.token_bytes(32).hex(),
+        "quote_signing_key_hex": lambda: secrets.token_bytes(32).hex(),
+        # A fixed demo USDC mint, so re-runs reuse the same token on the sandbox chain.
+        "usdc_mint_key": lambda: str(SolanaKeypair()),
+        "usdc_mint_authority_key": lambda: str(SolanaKeypair()),
     }
+    missing = [key for key in wanted if key not in identity]
+    if not missing:
+        return identity
+    for key in missing:
+        identity[key] = wanted[key]()
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

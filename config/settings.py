@@ -38,7 +38,8 @@ PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # Django admin on our own AdminSite (operator dashboard, TOTP two-factor sign-in).
+    "config.admin_site.OpsAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -50,6 +51,8 @@ INSTALLED_APPS = [
     "channels",
     "channels_postgres",
     "django_q",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "users",
     "quotes",
     "execution",
@@ -68,6 +71,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -213,8 +217,19 @@ SOLANA_CLUSTER = env.str("SOLANA_CLUSTER", default="sandbox" if not IS_LIVE else
 SOLANA_TREASURY_KEY = env.str("SOLANA_TREASURY_KEY",
                               default=_identity.get("solana_treasury_key", ""))
 SOLANA_USDC_MINT = env.str("SOLANA_USDC_MINT", default="")
+if not SOLANA_USDC_MINT and _identity:
+    from solders.keypair import Keypair as _Keypair
+
+    SOLANA_USDC_MINT = str(_Keypair.from_base58_string(_identity["usdc_mint_key"]).pubkey())
+SOLANA_USDC_DECIMALS = env.int("SOLANA_USDC_DECIMALS", default=6)
 SOLANA_CONFIRM_TIMEOUT_SECONDS = env.int("SOLANA_CONFIRM_TIMEOUT_SECONDS", default=120)
 SOLANA_RPC_TIMEOUT_SECONDS = env.float("SOLANA_RPC_TIMEOUT_SECONDS", default=10.0)
+# Executor: re-send the same signed bytes this often while unconfirmed; sign a new attempt
+# (only after the previous one's blockhash expired) at most this many times in all; the
+# recovery job leaves executions younger than the grace period to their own worker.
+EXECUTION_RESEND_INTERVAL_SECONDS = env.float("EXECUTION_RESEND_INTERVAL_SECONDS", default=2.0)
+EXECUTION_MAX_ATTEMPTS = env.int("EXECUTION_MAX_ATTEMPTS", default=3)
+EXECUTION_RECOVERY_GRACE_SECONDS = env.float("EXECUTION_RECOVERY_GRACE_SECONDS", default=5.0)
 SOLANA_ALLOWED_PROGRAMS = env.list(
     "SOLANA_ALLOWED_PROGRAMS",
     default=[
@@ -300,6 +315,9 @@ ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
 
 # --- Operators ---
 ADMIN_OTP_REQUIRED = env.bool("ADMIN_OTP_REQUIRED", default=IS_LIVE)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="solpay admin")
+# An enrolled authenticator's secret is shown once, at enrolment, never again in admin.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 SETTLEMENT_STUCK_AFTER_SECONDS = env.int("SETTLEMENT_STUCK_AFTER_SECONDS", default=3600)
 # Addresses or CIDR networks allowed to scrape /metrics; METRICS_TOKEN adds a bearer check.
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])

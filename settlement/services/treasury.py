@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +13,7 @@ from settlement.ledger import Leg, account_code, ledger_post
 from settlement.models import TreasuryAccount
 
 SANDBOX_OPENING_SOL = 1_000 * LAMPORTS_PER_SOL
+SANDBOX_OPENING_USDC = 1_000_000  # whole USDC
 
 
 def treasury_solana_address() -> str:
@@ -22,44 +22,64 @@ def treasury_solana_address() -> str:
     return str(Keypair.from_base58_string(settings.SOLANA_TREASURY_KEY).pubkey())
 
 
-def _rpc(method: str, params: list[Any]) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    req = urllib.request.Request(settings.SOLANA_RPC_URL, data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - configured URL
-        reply = json.loads(resp.read())
-    if "error" in reply:
-        raise RuntimeError(f"{method}: {reply['error']}")
-    return reply["result"]
-
-
 @transaction.atomic
 def treasury_accounts_ensure() -> None:
-    for chain, asset, address in (
-        (Chain.SOLANA, "SOL", treasury_solana_address()),
-        (Chain.STELLAR, "XLM", settings.STELLAR_TREASURY_ADDRESS),
-        (Chain.NEAR, "NEAR", settings.NEAR_PAYMENT_ACCOUNT),
-    ):
+    rows = [
+        (Chain.SOLANA, "SOL", treasury_solana_address(), NATIVE_DECIMALS["SOL"]),
+        (Chain.STELLAR, "XLM", settings.STELLAR_TREASURY_ADDRESS, NATIVE_DECIMALS["XLM"]),
+        (Chain.NEAR, "NEAR", settings.NEAR_PAYMENT_ACCOUNT, NATIVE_DECIMALS["NEAR"]),
+    ]
+    if settings.SOLANA_USDC_MINT:
+        # Token inventory is booked per mint: the ledger asset is the mint address.
+        rows.append((Chain.SOLANA, settings.SOLANA_USDC_MINT, treasury_solana_address(),
+                     settings.SOLANA_USDC_DECIMALS))
+    for chain, asset, address, decimals in rows:
         TreasuryAccount.objects.update_or_create(
-            chain=chain, asset=asset,
-            defaults={"address": address, "decimals": NATIVE_DECIMALS[asset]},
-        )
+            chain=chain, asset=asset, defaults={"address": address, "decimals": decimals})
+
+
+def _book_opening(asset: str, amount: int) -> None:
+    ledger_post(
+        reference=f"sandbox:opening:solana:{asset}", kind="inventory_funding",
+        description="Opening sandbox inventory",
+        legs=[Leg(account_code("treasury", "solana", asset), asset, amount),
+              Leg(account_code("inventory_funding", "solana", asset), asset, -amount)],
+    )
 
 
 def treasury_seed_sandbox() -> dict[str, Any]:
-    """Fund the sandbox treasury once: an airdrop on the sandbox, booked as owners' equity."""
+    """Fund the sandbox treasury once (SOL airdrop, demo USDC minted by real transactions)
+    and book it as owners' equity, so books and chain agree from the first block."""
+    from solders.keypair import Keypair
+    from solders.pubkey import Pubkey
+
+    from execution.solana.backend import SolanaBackend
+    from execution.solana.sandbox import SandboxAdmin
+    from execution.solana.spl import setup_demo_usdc
+
     treasury_accounts_ensure()
-    address = treasury_solana_address()
-    balance = int(_rpc("getBalance", [address])["value"])
-    if balance == 0:
-        _rpc("sandbox_airdrop", [address, SANDBOX_OPENING_SOL])
-        balance = SANDBOX_OPENING_SOL
-    with transaction.atomic():
-        ledger_post(
-            reference="sandbox:opening:solana:SOL", kind="inventory_funding",
-            description="Opening sandbox inventory (airdrop)",
-            legs=[Leg(account_code("treasury", "solana", "SOL"), "SOL", SANDBOX_OPENING_SOL),
-                  Leg(account_code("inventory_funding", "solana", "SOL"), "SOL",
-                      -SANDBOX_OPENING_SOL)],
-        )
-    return {"solana_treasury": address, "lamports": balance}
+    treasury = Pubkey.from_string(treasury_solana_address())
+    backend = SolanaBackend.from_url(settings.SOLANA_RPC_URL)
+    admin = SandboxAdmin(settings.SOLANA_RPC_URL)
+    summary: dict[str, Any] = {"solana_treasury": str(treasury)}
+    try:
+        if backend.balance(treasury) == 0:
+            admin.airdrop(treasury, SANDBOX_OPENING_SOL)
+        _book_opening("SOL", SANDBOX_OPENING_SOL)
+        summary["SOL"] = backend.balance(treasury) / LAMPORTS_PER_SOL
+
+        if settings.SOLANA_USDC_MINT:
+            identity = json.loads((settings.DATA_DIR / "sandbox_identity.json").read_text())
+            authority = Keypair.from_base58_string(identity["usdc_mint_authority_key"])
+            if backend.balance(authority.pubkey()) < LAMPORTS_PER_SOL:
+                admin.airdrop(authority.pubkey(), 10 * LAMPORTS_PER_SOL)
+            opening = SANDBOX_OPENING_USDC * 10**settings.SOLANA_USDC_DECIMALS
+            usdc = setup_demo_usdc(backend, mint_authority=authority, treasury=treasury,
+                                   amount=opening, decimals=settings.SOLANA_USDC_DECIMALS,
+                                   mint=Keypair.from_base58_string(identity["usdc_mint_key"]))
+            _book_opening(settings.SOLANA_USDC_MINT, opening)
+            summary["USDC_mint"] = settings.SOLANA_USDC_MINT
+            summary["USDC"] = backend.token_balance(usdc.treasury_token_account) / 10**6
+    finally:
+        backend.close()
+    return summary
