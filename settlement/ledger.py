@@ -12,6 +12,7 @@ Account codes (one place builds them, so every app names accounts the same way):
   unmatched_deposits:<chain>:<asset>  liability  payments nobody claimed yet
   user_balance:<user>:<asset>         liability  a user's prepaid balance (available)
   user_locked:<user>:<asset>          liability  the part locked for a committed quote
+  withdrawals_payable:<user>:<asset>  liability  a user's withdrawal, requested, not yet paid out
   revenue:<chain>:<asset>             revenue    what executed quotes earned (fee included)
   network_fees:solana:SOL             expense    Solana fees the treasury paid
   delivered:solana:<asset>            expense    value the treasury sent to recipients
@@ -41,11 +42,15 @@ _ACCOUNT_KINDS = {
     "unmatched_deposits": Kind.LIABILITY,
     "user_balance": Kind.LIABILITY,
     "user_locked": Kind.LIABILITY,
+    "withdrawals_payable": Kind.LIABILITY,
     "revenue": Kind.REVENUE,
     "network_fees": Kind.EXPENSE,
     "delivered": Kind.EXPENSE,
     "inventory_funding": Kind.EQUITY,
 }
+
+# Accounts whose scope is a user id (they carry the user foreign key).
+_USER_SCOPED = ("user_balance", "user_locked", "withdrawals_payable")
 
 
 class UnbalancedEntry(ValueError):
@@ -81,7 +86,7 @@ def _accounts(codes: Iterable[tuple[str, str]]) -> dict[str, LedgerAccount]:
     for code, asset in wanted.items():
         if code not in found:
             kind_name, scope = code.split(":")[0], code.split(":")[1]
-            user_id = scope if kind_name in ("user_balance", "user_locked") else None
+            user_id = scope if kind_name in _USER_SCOPED else None
             found[code], _ = LedgerAccount.objects.get_or_create(
                 code=code,
                 defaults={"kind": _ACCOUNT_KINDS[kind_name], "asset": asset,
