@@ -16,7 +16,9 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema",
+                                                    template_name="api_docs/redoc.html"),
+         name="api-redoc"),
     # Static files (admin, Swagger UI/Redoc from drf-spectacular-sidecar) straight from the
     # app directories: daphne serves no static files and nothing may come from a CDN.
     re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}),
