@@ -151,16 +151,23 @@ def work_from_message_base64(text: Any, *, treasury: Pubkey) -> SolanaWork:
             "Address lookup tables are not supported: list every account in the message",
             details={"address_table_lookups": len(message.address_table_lookups)},
         )
-    header = message.header
     keys = list(message.account_keys)
     if keys[0] != treasury:
         raise InvalidQuoteParameters("The fee payer must be the treasury",
                                      details={"fee_payer": str(keys[0]), "treasury": str(treasury)})
-    if header.num_required_signatures != 1:
+    if message.header.num_required_signatures != 1:
         raise InvalidQuoteParameters(
             "The treasury must be the only signer",
-            details={"required_signers": [str(k) for k in keys[:header.num_required_signatures]]},
+            details={"required_signers": [str(k) for k in
+                                          keys[:message.header.num_required_signatures]]},
         )
+    return _checked_work(_decompile(message), treasury)
+
+
+def _decompile(message: Message | MessageV0) -> list[Instruction]:
+    """Instructions with the account flags the message gives them (header arithmetic)."""
+    header = message.header
+    keys = list(message.account_keys)
     signed = header.num_required_signatures
     writable_signed = signed - header.num_readonly_signed_accounts
     writable_unsigned_end = len(keys) - header.num_readonly_unsigned_accounts
@@ -168,7 +175,7 @@ def work_from_message_base64(text: Any, *, treasury: Pubkey) -> SolanaWork:
     def writable(index: int) -> bool:
         return index < writable_signed if index < signed else index < writable_unsigned_end
 
-    instructions = [
+    return [
         Instruction(
             keys[ix.program_id_index],
             bytes(ix.data),
@@ -177,7 +184,6 @@ def work_from_message_base64(text: Any, *, treasury: Pubkey) -> SolanaWork:
         )
         for ix in message.instructions
     ]
-    return _checked_work(instructions, treasury)
 
 
 def _bool(value: Any, field: str) -> bool:
@@ -236,7 +242,15 @@ def work_from_instructions(items: Any, *, treasury: Pubkey) -> SolanaWork:
                     "The treasury must be the only signer",
                     details={"instruction": n, "signer": str(meta.pubkey)},
                 )
-    return _checked_work(instructions, treasury)
+    # Compile with the treasury as payer and read the flags back: each account's flags
+    # are merged over the whole transaction (the fee payer is a writable signer
+    # everywhere), so this list and the equivalent serialized message store the same work.
+    try:
+        message = Message.new_with_blockhash(instructions, treasury, Hash.default())
+    except Exception as exc:
+        raise InvalidQuoteParameters("The instructions cannot be compiled into a message",
+                                     details={"reason": str(exc)[:200]}) from None
+    return _checked_work(_decompile(message), treasury)
 
 
 def instructions_to_json(instructions: Iterable[Instruction]) -> list[dict[str, Any]]:
