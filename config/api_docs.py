@@ -29,7 +29,7 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
 from config.errors import ERROR_CODES
@@ -121,6 +121,31 @@ def error_responses(*codes: str) -> dict[int, OpenApiResponse]:
         )
         for status, group in sorted(by_status.items())
     }
+
+
+def paginated(serializer_class: type[serializers.Serializer], name: str | None = None) -> Any:
+    """The documented shape of a LimitOffsetPagination page (`count, next, previous, results`).
+
+    For list endpoints on a plain APIView that paginate by hand:
+    `@extend_schema(responses={200: paginated(QuoteOutput)}, parameters=PAGINATION_PARAMETERS)`.
+    """
+    return inline_serializer(
+        name=name or f"Paginated{serializer_class.__name__.removesuffix('Serializer')}List",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        },
+    )
+
+
+PAGINATION_PARAMETERS = [
+    OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+                     description="Page size (default 50)"),
+    OpenApiParameter("offset", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+                     description="Items to skip"),
+]
 
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(

@@ -6,6 +6,9 @@ The standard library's decoder is lenient in ways a payments API must not be:
   body could disagree about the amount;
 - `1e400` becomes `inf` and a 10,000-digit integer costs quadratic time to convert
   (Python caps it at 4,300 digits with a ValueError, which we turn into a clear 400).
+- `\u0000` and lone surrogates (`\ud800`) are valid JSON escapes but not storable text:
+  PostgreSQL refuses NUL in text columns and UTF-8 cannot encode a lone surrogate, so a
+  body carrying them would fail deep inside a service (a 500) instead of here (a 400).
 Every API body is a JSON object, so any other top-level value is refused here too.
 
 Each refusal is a `ParseError` whose detail says why; the exception handler maps it to
@@ -60,11 +63,37 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _check_text(value: str) -> None:
+    if "\x00" in value:
+        raise _Refused("strings must not contain NUL (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Refused("strings must not contain lone surrogates") from exc
+
+
+def _check_strings(value: Any) -> None:
+    """Every key and string value must be storable text (iterative: no recursion limit)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key)
+                pending.append(child)
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def strict_json_loads(text: str) -> Any:
     """Decode JSON text strictly; raises ValueError with a client-safe message."""
-    return json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+    data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
                       parse_constant=_parse_constant,
                       object_pairs_hook=_object_without_duplicates)
+    _check_strings(data)
+    return data
 
 
 class StrictJSONParser(JSONParser):

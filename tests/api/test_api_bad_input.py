@@ -50,6 +50,9 @@ BAD_BODIES = {
     "googol": json.dumps({"chain": "stellar", "amount": 10**100}).encode(),
     "ten_thousand_digits": b'{"chain": "stellar", "amount": ' + b"9" * 10_000 + b"}",
     "ten_thousand_digit_float": b'{"chain": "stellar", "amount": 0.' + b"1" * 10_000 + b"}",
+    "nul_in_string": b'{"chain": "stel\\u0000lar", "amount": 1}',
+    "nul_in_key": b'{"cha\\u0000in": "stellar", "amount": 1}',
+    "lone_surrogate": b'{"chain": "\\ud800", "amount": 1}',
     "deep_nesting": b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 }
 
