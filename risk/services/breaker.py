@@ -41,8 +41,13 @@ from risk.selectors import (
 from risk.services.alerts import alert_raise, jsonable
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser
+
     from quotes.models import Quote
     from users.models import User
+
+    # Whoever is signed in: an anonymous or non-staff caller is refused, not mistyped.
+    Actor = User | AnonymousUser
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ class Trigger(StrEnum):
     OPERATOR = "operator"
 
 
-def operator_actor(user: User) -> str:
+def operator_actor(user: Actor) -> str:
     return f"operator:{user.get_username()}"
 
 
@@ -153,7 +158,7 @@ def _trip_committed_now(*, trigger: Trigger, reason: str, details: dict[str, Any
     return bool(outcome.get("tripped"))
 
 
-def breaker_trip_by_operator(*, actor_user: User, reason: str,
+def breaker_trip_by_operator(*, actor_user: Actor, reason: str,
                              details: dict[str, Any] | None = None) -> bool:
     """An operator opens the breaker by hand (staff with `risk.trip_breaker`)."""
     if not (actor_user.is_active and actor_user.is_staff
@@ -181,7 +186,7 @@ def _run_reset_hooks() -> None:
             logger.exception("breaker reset hook failed")
 
 
-def breaker_reset(*, actor_user: User, reason: str) -> None:
+def breaker_reset(*, actor_user: Actor, reason: str) -> None:
     """Close the breaker: staff with `risk.reset_breaker` only, with a reason, audited.
 
     Resetting a closed breaker changes nothing. The failure counter restarts at zero, and

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib.auth import get_user_model
 from django.db import connection, models, transaction
 from django.db.models import DecimalField, F, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from config.chains import AMOUNT_DIGITS, NATIVE_ASSET, Chain
@@ -213,9 +213,12 @@ def risk_release_execution(*, quote: Quote) -> bool:
                                  day=reservation.day, lamports=lamports,
                                  source_chain=reservation.source_chain,
                                  source_amount=source_amount):
+            # Floored at zero: an operator who zeroed a counter by hand must not make the
+            # failure path crash on the non-negative CHECK.
             counter.model.objects.filter(**counter.key).update(
-                amount_spent=F("amount_spent") - counter.amount,
-                transaction_count=F("transaction_count") - 1)
+                amount_spent=Greatest(F("amount_spent") - counter.amount, Value(Decimal(0)),
+                                      output_field=_AMOUNT),
+                transaction_count=Greatest(F("transaction_count") - 1, Value(0)))
         audit_record(event_type="spend_released", actor="system:risk", entity_type="quote",
                      entity_id=quote.pk, user_id=reservation.user_id,
                      details={"day": reservation.day.isoformat(), "lamports": str(lamports),

@@ -296,3 +296,12 @@ def test_a_consumed_reservation_is_never_released():
 
 def test_release_without_reservation_is_false():
     assert risk_release_execution(quote=committed_quote()) is False
+
+
+def test_release_after_an_operator_zeroed_the_counters_does_not_go_negative():
+    quote = committed_quote()
+    reserve(quote)
+    DailySpending.objects.update(amount_spent=0, transaction_count=0)
+    assert risk_release_execution(quote=quote) is True
+    assert spent("solana") == 0
+    assert user_spent(quote.user) == 0
