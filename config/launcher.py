@@ -62,9 +62,7 @@ def main() -> int:
 
     rpc = urlparse(settings.SOLANA_RPC_URL)
     if not settings.IS_LIVE and rpc.hostname in ("127.0.0.1", "localhost"):
-        spawn("solana-sandbox", [sys.executable, "-m", "execution.solana.sandbox",
-                                 "--host", "127.0.0.1", "--port", str(rpc.port or 8899),
-                                 "--data-dir", str(settings.DATA_DIR / "solana")])
+        spawn("solana-sandbox", [sys.executable, "manage.py", "solana_sandbox"])
         if not _wait_http(settings.SOLANA_RPC_URL, 30,
                           b'{"jsonrpc":"2.0","id":1,"method":"getHealth"}'):
             _log("solana sandbox did not start")
@@ -77,6 +75,7 @@ def main() -> int:
     port = str(settings.PORT)
     spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,
                   "--proxy-headers", "config.asgi:application"])
+    call_command("recover_executions")  # a crash may have left work half-sent
     spawn("worker", [sys.executable, "manage.py", "qcluster"])
     if _wait_http(f"http://127.0.0.1:{port}/health", 30):
         _log(f"serving http://127.0.0.1:{port}  (admin: /admin/, API docs: /api/docs/, "

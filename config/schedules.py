@@ -10,6 +10,8 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("client webhook retries", "users.notifications.notify_retry_due", 1),
     ("idempotency key purge", "config.idempotency.idempotency_keys_purge", 60),
     ("sign-in challenge purge", "users.services.challenges_purge", 60),
+    ("execution recovery", "execution.tasks.recover_executions", 1),
+    ("resume waiting executions", "execution.tasks.resume_waiting", 1),
     ("risk checks and alert redelivery", "risk.tasks.risk_periodic_checks", 1),
 ]
 

@@ -34,6 +34,8 @@ class FailReason(models.TextChoices):
     RISK_REJECTED = "RISK_REJECTED"
     CONFIRMATION_TIMEOUT = "CONFIRMATION_TIMEOUT"
     OPERATOR = "OPERATOR"
+    PROGRAM_NOT_ALLOWED = "PROGRAM_NOT_ALLOWED"  # the stored work fails the allow-list now
+    INVALID_TRANSACTION = "INVALID_TRANSACTION"  # cannot be built or signed as stored
 
 
 class Execution(models.Model):
@@ -96,6 +98,8 @@ class ExecutionAttempt(models.Model):
     send_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     last_sent_at = models.DateTimeField(null=True, blank=True)
+    # Why an attempt is dead: its blockhash expired unseen, or it was refused before any send.
+    closed_reason = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ["number"]

@@ -1,0 +1,139 @@
+"""What an execution's final state means for the books, the quote, the user and the risk
+counters. Called by the executor inside the transaction that records the final state, so
+the execution, the quote, the ledger, the settlement or refund record and the risk counters
+commit together or not at all.
+
+Success:  quote executing → executed; ledger `execution:<id>` books the treasury's SOL and
+          token outflow and the fee; ledger `revenue:<quote>` earns the customer's payment;
+          a pending Settlement is opened; the spend reservation is consumed.
+Failure:  quote → failed → refund_due; a fee the chain charged anyway is booked; the
+          customer's funds move to refunds_payable and a Refund record is created; the spend
+          reservation is released; the failure counts towards the circuit breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from config.chains import Chain
+from execution.models import Execution, ExecutionStatus
+from quotes.models import Quote, QuoteStatus
+from quotes.services.transitions import quote_transition
+from risk.services.breaker import breaker_record_execution_outcome
+from risk.services.limits import risk_release_execution
+from settlement.ledger import Leg, account_code, ledger_post
+from settlement.models import FundingPayment, FundingPaymentStatus
+from settlement.services.refunds import refund_create, refund_destination
+from settlement.services.settlements import settlement_open
+
+logger = logging.getLogger(__name__)
+
+REFUND_REASON = "execution_failed"
+
+
+@dataclass(frozen=True)
+class ChainOutcome:
+    """What the chain says the landed transaction did to the treasury."""
+
+    fee_lamports: int
+    outflow_lamports: int  # SOL that left the treasury to other accounts (fee excluded)
+    token_outflows: dict[str, int] = field(default_factory=dict)  # mint → base units
+
+    @property
+    def lamports_spent(self) -> int:
+        return self.fee_lamports + self.outflow_lamports
+
+
+def funding_payment_of(quote: Quote) -> FundingPayment | None:
+    """The payment that committed the quote (None for a quote paid from a balance)."""
+    return (FundingPayment.objects
+            .filter(quote_id=quote.pk,
+                    status__in=[FundingPaymentStatus.MATCHED, FundingPaymentStatus.OVERPAID])
+            .order_by("received_at").first())
+
+
+def _customer_funds_account(quote: Quote) -> str:
+    return account_code("customer_funds", quote.source_chain, quote.source_asset)
+
+
+def _book_chain_outcome(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
+                        signature: str) -> None:
+    sol = "SOL"
+    legs = [Leg(account_code("treasury", Chain.SOLANA, sol), sol, -outcome.lamports_spent)]
+    if outcome.outflow_lamports:
+        legs.append(Leg(account_code("delivered", Chain.SOLANA, sol), sol, outcome.outflow_lamports))
+    if outcome.fee_lamports:
+        legs.append(Leg(account_code("network_fees", Chain.SOLANA, sol), sol, outcome.fee_lamports))
+    for mint, amount in sorted(outcome.token_outflows.items()):
+        if amount:
+            legs += [Leg(account_code("treasury", Chain.SOLANA, mint), mint, -amount),
+                     Leg(account_code("delivered", Chain.SOLANA, mint), mint, amount)]
+    if outcome.lamports_spent == 0 and not any(outcome.token_outflows.values()):
+        return
+    ledger_post(reference=f"execution:{execution.pk}", kind="execution",
+                description=f"Solana execution of quote {quote.pk}", legs=legs,
+                quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+
+
+def execution_book_success(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
+                           signature: str, actor: str) -> None:
+    """The landed, successful execution: quote executed, books, settlement, risk."""
+    quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.EXECUTED, actor=actor,
+                     expected_from={QuoteStatus.EXECUTING}, tx_hash=signature,
+                     details={"execution_id": str(execution.pk),
+                              "fee_lamports": str(outcome.fee_lamports),
+                              "outflow_lamports": str(outcome.outflow_lamports)})
+    _book_chain_outcome(execution=execution, quote=quote, outcome=outcome, signature=signature)
+    total = int(quote.total_cost)
+    ledger_post(reference=f"revenue:{quote.pk}", kind="revenue",
+                description=f"Quote {quote.pk} executed: the payment is earned",
+                legs=[Leg(_customer_funds_account(quote), quote.source_asset, total),
+                      Leg(account_code("revenue", quote.source_chain, quote.source_asset),
+                          quote.source_asset, -total)],
+                quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+    settlement_open(execution=execution, funding_payment=funding_payment_of(quote), actor=actor)
+    breaker_record_execution_outcome(success=True, outflow_lamports=outcome.lamports_spent,
+                                     quote=quote)
+
+
+def execution_book_failure(*, execution: Execution, quote: Quote, reason: str, message: str,
+                           actor: str, outcome: ChainOutcome | None = None,
+                           signature: str = "") -> None:
+    """A failed execution: refund due to the user, reservation back, failure counted.
+
+    `outcome` is given when a transaction landed with an error: its fee was charged.
+    A quote still `committed` (refused by the risk limits before anything was reserved)
+    has no reservation to release and no chain failure to count.
+    """
+    reserved = quote.status == QuoteStatus.EXECUTING
+    if outcome is not None:
+        _book_chain_outcome(execution=execution, quote=quote, outcome=outcome, signature=signature)
+    details = {"execution_id": str(execution.pk), "fail_reason": reason, "error": message[:500]}
+    quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.FAILED, actor=actor,
+                     details=details, tx_hash=signature)
+    quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.REFUND_DUE,
+                     actor=actor, details=details)
+    payment = funding_payment_of(quote)
+    if payment is not None:
+        amount = min(int(quote.total_cost), int(payment.amount))
+        ledger_post(reference=f"refund:execution:{quote.pk}", kind="refund_due",
+                    description=f"Quote {quote.pk} failed ({reason}): the payment is owed back",
+                    legs=[Leg(_customer_funds_account(quote), quote.source_asset, amount),
+                          Leg(account_code("refunds_payable", quote.source_chain,
+                                           quote.source_asset), quote.source_asset, -amount)],
+                    quote_id=quote.pk, user_id=quote.user_id)
+        refund_create(reason=REFUND_REASON, payment=payment, quote=quote, amount=amount,
+                      destination=refund_destination(quote=quote, payment=payment), actor=actor)
+    else:
+        # Paid from a prepaid balance: the lock is released by the balance service's own
+        # entry (user_locked → user_balance); nothing was received on chain to refund.
+        logger.warning("failed quote has no funding payment to refund",
+                       extra={"quote_id": str(quote.pk), "execution_id": str(execution.pk)})
+    if reserved:
+        risk_release_execution(quote=quote)
+        breaker_record_execution_outcome(success=False, quote=quote)
+
+
+def is_final(execution: Execution) -> bool:
+    return execution.status in (ExecutionStatus.CONFIRMED, ExecutionStatus.FAILED)
