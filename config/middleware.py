@@ -84,7 +84,7 @@ class HttpMetricsMiddleware:
         route = match.route if match is not None and match.route else "unmatched"
         HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         HTTP_LATENCY.labels(request.method, route).observe(elapsed)
-        user = getattr(request, "user", None)  # DRF sets it on the Django request after auth
+        user: Any = getattr(request, "user", None)  # DRF sets it on the Django request after auth
         # The path only: query strings may carry tokens (WebSocket `?token=`).
         access_logger.info(
             "%s %s %s", request.method, request.path, response.status_code,
@@ -123,6 +123,7 @@ class CorsMiddleware:
         allowed = self._allowed_origin(origin)
         preflight = (request.method == "OPTIONS"
                      and "Access-Control-Request-Method" in request.headers)
+        response: HttpResponse
         if preflight and not allowed:
             response = json_error(request, 403, "Origin not allowed", "FORBIDDEN")
         elif preflight:

@@ -158,3 +158,19 @@ def test_valid_body_is_accepted_so_the_refusals_above_mean_something(api_client)
     assert response.json()["amount"] == str(10**30)
     assert row_counts()["risk.Alert"] == before["risk.Alert"] + 1
     CALLS["count"] = 0
+
+
+def test_pagination_is_bounded(rf):
+    from rest_framework.exceptions import ValidationError
+    from rest_framework.request import Request
+
+    from config.pagination import MAX_OFFSET, ApiPagination
+
+    items = list(range(500))
+    paginator = ApiPagination()
+    page = paginator.paginate_queryset(items, Request(rf.get("/x", {"limit": "100000"})))
+    assert len(page) == ApiPagination.max_limit
+    for offset in (str(MAX_OFFSET + 1), "9" * 5000):
+        with pytest.raises(ValidationError):
+            ApiPagination().paginate_queryset(items, Request(rf.get("/x", {"offset": offset})))
+    assert ApiPagination().paginate_queryset(items, Request(rf.get("/x", {"offset": "499"}))) == [499]
