@@ -302,6 +302,8 @@ VOLUME_CHECK_INTERVAL_SECONDS = env.float("VOLUME_CHECK_INTERVAL_SECONDS", defau
 WITHDRAWAL_APPROVAL_THRESHOLD_USD = Decimal(
     env.str("WITHDRAWAL_APPROVAL_THRESHOLD_USD", default="1000")
 )
+# A single withdrawal above this (USD, by the oracle) is refused outright.
+WITHDRAWAL_MAX_USD = Decimal(env.str("WITHDRAWAL_MAX_USD", default="50000"))
 
 # --- Wallet sign-in: the name in challenge messages and the NEP-413 `recipient` ---
 AUTH_SERVICE_NAME = env.str("AUTH_SERVICE_NAME", default="solpay")

@@ -296,13 +296,27 @@ class Withdrawal(models.Model):
     signed_transaction = models.TextField(blank=True, default="")
     approved_by = models.CharField(max_length=128, blank=True, default="")
     fail_reason = models.TextField(blank=True, default="")
+    # The client's key for this request (Idempotency-Key or a service caller's): one
+    # withdrawal per (user, key), so a retried request cannot pay out twice.
+    request_key = models.CharField(max_length=255, blank=True, default="")
+    # What the payout costs the treasury in network fees (booked at completion).
+    network_fee = amount_field(null=True, blank=True)
+    # Signing parameters (sequence / nonce, validity window) and submission outcomes.
+    chain_details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="withdrawal_amount_gt_0"),
+            models.UniqueConstraint(fields=["user", "request_key"], condition=~Q(request_key=""),
+                                    name="withdrawal_unique_request_key"),
+            models.CheckConstraint(condition=~Q(status="completed") | Q(completed_at__isnull=False),
+                                   name="withdrawal_completed_has_time"),
+            models.CheckConstraint(condition=Q(network_fee__isnull=True) | Q(network_fee__gte=0),
+                                   name="withdrawal_network_fee_gte_0"),
             models.CheckConstraint(condition=Q(chain__in=["stellar", "near"]),
                                    name="withdrawal_source_chain"),
             models.CheckConstraint(
@@ -312,6 +326,8 @@ class Withdrawal(models.Model):
             ),
         ]
         permissions = [("approve_withdrawal", "Can approve large withdrawals")]
+        indexes = [models.Index(fields=["status", "created_at"]),
+                   models.Index(fields=["user", "-created_at"])]
 
 
 class ReconciliationReport(models.Model):
