@@ -148,9 +148,11 @@ def unmatched_payment_refund(*, payment_id: Any, actor: str, destination: str = 
     payment = FundingPayment.objects.select_for_update().filter(pk=payment_id).first()
     if payment is None:
         raise NotFound("Payment not found", code="PAYMENT_NOT_FOUND", status=404)
-    if payment.status != FundingPaymentStatus.UNMATCHED:
-        raise Conflict(f"Payment is {payment.status}, not unmatched",
-                       details={"status": payment.status})
+    if payment.status != FundingPaymentStatus.UNMATCHED or payment.resolved_at is not None:
+        raise Conflict("Only an unresolved unmatched payment can be refunded this way",
+                       details={"status": payment.status,
+                                "resolved_at": payment.resolved_at.isoformat()
+                                if payment.resolved_at else None})
     amount = int(payment.amount)
     refund = refund_create(reason="unmatched", payment=payment, quote=None, amount=amount,
                            destination=destination or payment.from_address, actor=actor)

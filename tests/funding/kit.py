@@ -101,3 +101,33 @@ def balances() -> dict[str, int]:
     from settlement.ledger import balances_by_account
 
     return balances_by_account()
+
+
+def run_queued(func: str) -> list[Any]:
+    """Run (and remove) the queued django-q2 tasks calling `func`, as a worker would:
+    the function named in the signed payload, with the payload's args and kwargs."""
+    from django.utils.module_loading import import_string
+    from django_q.models import OrmQ
+
+    results = []
+    for queued in OrmQ.objects.order_by("id"):
+        if queued.func() == func:
+            results.append(import_string(func)(*queued.args(), **queued.kwargs()))
+            queued.delete()
+    return results
+
+
+def run_scheduled(func: str) -> list[Any]:
+    """Run (and remove) one-off django-q2 schedules calling `func`, ignoring next_run."""
+    import ast
+
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    results = []
+    for scheduled in Schedule.objects.filter(func=func, schedule_type=Schedule.ONCE).order_by("id"):
+        args = ast.literal_eval(scheduled.args or "()")
+        kwargs = ast.literal_eval(scheduled.kwargs or "{}")
+        scheduled.delete()
+        results.append(import_string(func)(*args, **kwargs))
+    return results
