@@ -27,7 +27,16 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from tests.conftest import client_for
 from tests.factories import UserFactory, WalletFactory
 
-MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+
+# Schema mismatches this test found in endpoints owned elsewhere. Until fixed, these
+# operations are still fuzzed for 5xx but not for schema conformance; each entry has a
+# strict-xfail test below that starts failing (XPASS) once the owner fixes it, so the
+# entry gets removed rather than forgotten.
+KNOWN_SCHEMA_GAPS = {
+    "GET /api/v1/quotes": "returns a LimitOffset page {count,next,previous,results} but documents "
+                          "a bare array: use config.api_docs.paginated(QuoteOutput)",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -74,5 +83,17 @@ schema = _load_schema()
                      suppress_health_check=list(HealthCheck))
 def test_api_has_no_server_errors_and_matches_its_schema(case, fuzz_headers):
     cache.clear()  # throttles would otherwise answer most examples with 429
-    case.call_and_validate(headers=fuzz_headers,
-                           checks=[not_a_server_error, response_schema_conformance])
+    checks = [not_a_server_error]
+    if case.operation.label not in KNOWN_SCHEMA_GAPS:
+        checks.append(response_schema_conformance)
+    case.call_and_validate(headers=fuzz_headers, checks=checks)
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_SCHEMA_GAPS["GET /api/v1/quotes"])
+def test_quotes_list_documents_its_pagination(client):
+    document = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    ok = document["paths"]["/api/v1/quotes"]["get"]["responses"]["200"]["content"]["application/json"]
+    documented = ok["schema"]
+    if "$ref" in documented:
+        documented = document["components"]["schemas"][documented["$ref"].rsplit("/", 1)[1]]
+    assert documented.get("type") == "object" and "results" in documented["properties"]
