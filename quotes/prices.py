@@ -146,7 +146,8 @@ class PythHermesFeed(PriceFeed):
         return {s: cached[s] for s in wanted if s in cached}
 
     def _fetch_all(self) -> dict[str, PricePoint]:
-        params = [("ids[]", feed_id) for feed_id in self.feed_ids.values()]
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("ids[]", feed_id) for feed_id in self.feed_ids.values()]
         params.append(("parsed", "true"))
         self.request_count += 1
         try:

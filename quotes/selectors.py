@@ -31,15 +31,16 @@ def quote_seed_status(quote: Quote) -> dict[str, Any]:
     """The seed's `GET /status/{quote_id}` body (StatusResponse field names)."""
     from execution.models import Execution
 
-    execution = (Execution.objects.filter(quote_id=quote.pk)
-                 .values("signature", "confirmed_at", "error_message").first())
-    executed_at = quote.executed_at or (execution or {}).get("confirmed_at")
+    row = (Execution.objects.filter(quote_id=quote.pk)
+           .values("signature", "confirmed_at", "error_message").first())
+    execution: dict[str, Any] = dict(row) if row else {}
+    executed_at = quote.executed_at or execution.get("confirmed_at")
     return {
         "quote_id": str(quote.pk),
         "status": quote.status,
-        "solana_signature": (execution or {}).get("signature") or None,
+        "solana_signature": execution.get("signature") or None,
         "executed_at": executed_at.isoformat().replace("+00:00", "Z") if executed_at else None,
-        "error_message": (execution or {}).get("error_message") or None,
+        "error_message": execution.get("error_message") or None,
     }
 
 
@@ -81,7 +82,7 @@ def price_candles(*, pair: str, interval: str, start: dt.datetime | None = None,
         GROUP BY bucket ORDER BY bucket DESC LIMIT %s
     """  # noqa: S608 - our own table name; every value is a bound parameter
     with connection.cursor() as cursor:
-        cursor.execute(sql, [step, pair, start, end, limit])
+        cursor.execute(sql, [step, pair, start, end, limit])  # type: ignore[list-item]
         rows = cursor.fetchall()
     return [
         {"time": bucket.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),

@@ -111,18 +111,23 @@ def _parse_message(raw: bytes) -> Message | MessageV0:
     Both must round-trip byte for byte: trailing or truncated bytes are refused, never
     guessed at.
     """
+    parsed: Any = None
     try:
         message = from_bytes_versioned(raw)
         if to_bytes_versioned(message) == raw:
-            return message
+            parsed = message
     except Exception:  # noqa: S110 - solders raises several types; try the tx form next
         pass
-    try:
-        tx = VersionedTransaction.from_bytes(raw)
-        if bytes(tx) == raw:
-            return tx.message
-    except Exception:  # noqa: S110 - fall through to the one clear error below
-        pass
+    if parsed is None:
+        try:
+            tx = VersionedTransaction.from_bytes(raw)
+            if bytes(tx) == raw:
+                parsed = tx.message
+        except Exception:  # noqa: S110 - fall through to the one clear error below
+            pass
+    # Legacy and v0 only: the executor signs v0, and newer formats are not on mainnet.
+    if isinstance(parsed, Message | MessageV0):
+        return parsed
     raise InvalidQuoteParameters(
         "solana_transaction_base64 is not a complete serialized Solana message "
         "(legacy or v0) or transaction",

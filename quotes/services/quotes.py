@@ -36,7 +36,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
-from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, format_amount
+from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
 from quotes.models import MemoType, Quote, QuoteStatus, QuoteTransition
 from quotes.prices import PricePoint, price_feed
@@ -234,7 +234,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
     cu_limit, cu_price = compute_budget(work, compute_units=estimated_compute_units,
                                         priority_fee_micro_lamports=priority_fee_micro_lamports)
     refund_address = _refund_address(user=user, source_chain=source_chain, refund_to=refund_to)
-    source_symbol = NATIVE_ASSET[source_chain]
+    source_symbol = NATIVE_ASSET[Chain(source_chain)]
     source_decimals = NATIVE_DECIMALS[source_symbol]
     feed = price_feed()
     # Prices first: a refused price costs no simulation.
