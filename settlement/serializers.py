@@ -111,3 +111,22 @@ class QuotePaymentResponseSerializer(serializers.Serializer):
     quote_id = serializers.UUIDField()
     status = serializers.CharField(help_text="the quote's status after this payment")
     payment = PaymentOutcomeSerializer()
+
+
+class WebhookResponseSerializer(serializers.Serializer):
+    """Sandbox: the webhook was verified and booked inline (the seed's response shape)."""
+
+    accepted = serializers.BooleanField()
+    quote_id = serializers.UUIDField(allow_null=True)
+    message = serializers.CharField()
+    payment = PaymentOutcomeSerializer()
+
+
+class WebhookQueuedSerializer(serializers.Serializer):
+    """Live: the hint is queued; a worker reads the transaction from the chain."""
+
+    accepted = serializers.BooleanField()
+    status = serializers.CharField()
+    task_id = serializers.CharField()
+    transaction_hash = serializers.CharField()
+    message = serializers.CharField()

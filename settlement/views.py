@@ -3,6 +3,7 @@ shape, call one service, render. Every door ends in `payment_submit`."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from drf_spectacular.utils import OpenApiExample, extend_schema
@@ -13,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
+from config.api_docs import error_responses
 from config.errors import NotFound, ServiceError, Unauthorized
 from config.idempotency import idempotent
 from config.throttling import WebhookThrottle
@@ -24,6 +26,8 @@ from settlement.serializers import (
     PaymentReferenceSerializer,
     QuotePaymentResponseSerializer,
     StellarWebhookSerializer,
+    WebhookQueuedSerializer,
+    WebhookResponseSerializer,
     payment_outcome_data,
 )
 from settlement.services.funding import (
@@ -42,8 +46,11 @@ def _validated(serializer_class: type[Serializer], data: Any) -> dict[str, Any]:
 
 
 def _own_quote(request: Request, quote_id: Any) -> Quote:
-    # Someone else's quote is indistinguishable from a missing one.
-    quote = Quote.objects.filter(pk=quote_id, user=request.user).first()
+    # Someone else's quote (or a malformed id) is indistinguishable from a missing one.
+    try:
+        quote = Quote.objects.filter(pk=uuid.UUID(str(quote_id)), user=request.user).first()
+    except ValueError:
+        quote = None
     if quote is None:
         raise NotFound("Quote not found", code="QUOTE_NOT_FOUND")
     return quote
@@ -74,7 +81,10 @@ _PAYMENT_EXAMPLES = [
 class QuotePaymentView(APIView):
     """`POST /api/v1/quotes/{id}/payment`: the client says it paid; we verify and commit."""
 
-    @extend_schema(request=PaymentReferenceSerializer, responses={200: QuotePaymentResponseSerializer},
+    @extend_schema(request=PaymentReferenceSerializer,
+                   responses={200: QuotePaymentResponseSerializer, **error_responses(
+                       "PAYMENT_INVALID", "INVALID_REQUEST", "UNAUTHORIZED", "QUOTE_NOT_FOUND",
+                       "IDEMPOTENCY_KEY_IN_USE", "IDEMPOTENCY_KEY_REUSED", "CHAIN_UNAVAILABLE")},
                    examples=_PAYMENT_EXAMPLES, operation_id="quote_payment",
                    description="Verify the payment on chain (sandbox: the signed transaction) and "
                                "commit the quote. A replay returns the first outcome.")
@@ -90,7 +100,11 @@ class QuotePaymentView(APIView):
 class CommitView(APIView):
     """Seed `POST /commit`: commits only with a verified payment that pays this quote."""
 
-    @extend_schema(request=CommitSerializer, responses={200: QuotePaymentResponseSerializer},
+    @extend_schema(request=CommitSerializer,
+                   responses={200: QuotePaymentResponseSerializer, **error_responses(
+                       "PAYMENT_INVALID", "INVALID_REQUEST", "QUOTE_EXPIRED", "INSUFFICIENT_FUNDS",
+                       "UNAUTHORIZED", "QUOTE_NOT_FOUND", "QUOTE_NOT_PENDING", "QUOTE_ALREADY_EXECUTED",
+                       "IDEMPOTENCY_KEY_REUSED", "CHAIN_UNAVAILABLE")},
                    operation_id="seed_commit")
     @idempotent("settlement.commit")
     def post(self, request: Request) -> Response:
@@ -157,11 +171,18 @@ class _PaymentWebhookView(APIView):
                          "message": f"Payment {outcome.status}", "payment": payment})
 
 
+_WEBHOOK_RESPONSES = {
+    200: WebhookResponseSerializer, 202: WebhookQueuedSerializer,
+    **error_responses("PAYMENT_INVALID", "INVALID_REQUEST", "WEBHOOK_SIGNATURE_INVALID",
+                      "CHAIN_UNAVAILABLE"),
+}
+
+
 class StellarWebhookView(_PaymentWebhookView):
     chain = "stellar"
     serializer_class = StellarWebhookSerializer
 
-    @extend_schema(request=StellarWebhookSerializer, auth=[], operation_id="webhook_stellar")
+    @extend_schema(request=StellarWebhookSerializer, auth=[], responses=_WEBHOOK_RESPONSES)
     def post(self, request: Request) -> Response:
         return super().post(request)
 
@@ -170,6 +191,6 @@ class NearWebhookView(_PaymentWebhookView):
     chain = "near"
     serializer_class = NearWebhookSerializer
 
-    @extend_schema(request=NearWebhookSerializer, auth=[], operation_id="webhook_near")
+    @extend_schema(request=NearWebhookSerializer, auth=[], responses=_WEBHOOK_RESPONSES)
     def post(self, request: Request) -> Response:
         return super().post(request)

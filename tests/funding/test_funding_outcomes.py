@@ -314,3 +314,8 @@ def test_a_payment_reference_is_required(api_client, user, treasury):
     quote = stellar_quote(user, treasury)
     response = api_client.post(f"/api/v1/quotes/{quote.pk}/payment", {}, format="json")
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_REQUEST"
+
+
+def test_malformed_quote_id_is_not_found(api_client):
+    response = api_client.post("/api/v1/quotes/not-a-uuid/payment", {"tx_hash": "ab" * 32}, format="json")
+    assert response.status_code == 404 and response.json()["error_code"] == "QUOTE_NOT_FOUND"
