@@ -152,7 +152,9 @@ def _treasury_solana_address() -> str | None:
 def treasury_overview() -> dict[str, Any]:
     """The public `/api/v1/treasury` document: where to pay, the limits, the breaker."""
     return {
-        "solana": {"treasury": _treasury_solana_address(), "cluster": settings.SOLANA_CLUSTER},
+        "solana": {"treasury": _treasury_solana_address(), "cluster": settings.SOLANA_CLUSTER,
+                   "usdc_mint": settings.SOLANA_USDC_MINT or None,
+                   "usdc_decimals": settings.SOLANA_USDC_DECIMALS},
         "stellar": {"address": settings.STELLAR_TREASURY_ADDRESS,
                     "network_passphrase": settings.STELLAR_NETWORK_PASSPHRASE},
         "near": {"payment_account": settings.NEAR_PAYMENT_ACCOUNT,

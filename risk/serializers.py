@@ -44,6 +44,9 @@ class BreakerStateSerializer(serializers.Serializer):
 class SolanaTreasurySerializer(serializers.Serializer):
     treasury = serializers.CharField(allow_null=True)
     cluster = serializers.CharField()
+    usdc_mint = serializers.CharField(allow_null=True, help_text="the SPL mint of the USDC the "
+                                      "treasury holds and quotes can send")
+    usdc_decimals = serializers.IntegerField()
 
 
 class StellarTreasurySerializer(serializers.Serializer):
