@@ -1,0 +1,1 @@
+"""Demo, soak and benchmark scripts (run as `python -m bench.<name>`)."""
