@@ -15,6 +15,9 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("risk checks and alert redelivery", "risk.tasks.risk_periodic_checks", 1),
     # Live mode only does work; in sandbox it returns at once (no ledger to watch).
     ("stellar payment watcher", "settlement.tasks.stellar_watch", 1),
+    ("reconciliation", "settlement.tasks_books.reconcile_scheduled", 10),
+    ("withdrawal payouts resume", "settlement.tasks_books.withdrawals_resume_task", 1),
+    ("settlements advance", "settlement.tasks_books.settlements_advance_task", 1),
 ]
 
 

@@ -36,5 +36,6 @@ urlpatterns += [
     path("", include("quotes.urls")),
     path("", include("execution.urls")),
     path("", include("settlement.urls")),
+    path("", include("settlement.urls_balances")),
     path("", include("risk.urls")),
 ]
