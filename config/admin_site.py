@@ -90,6 +90,7 @@ class OpsAdminSite(AdminSite):
             "dashboard": treasury_dashboard(),
             "can_trip": user.has_perm("risk.trip_breaker"),
             "can_reset": user.has_perm("risk.reset_breaker"),
+            "can_reconcile": user.has_perm("settlement.add_reconciliationreport"),
         }
         return TemplateResponse(request, "admin/ops/dashboard.html", context)
 

@@ -9,6 +9,9 @@ Actions call the settlement services and need these permissions:
 - record a refund paid out (tx hash): settlement.approve_refund → `refund_complete`
 - approve / reject withdrawals: settlement.approve_withdrawal → `withdrawal_approve` / `_reject`
 - pay out an approved withdrawal now: settlement.approve_withdrawal → `withdrawal_execute`
+- retry a settlement's verification / mark it failed: settlement.change_settlement →
+  `settlement_retry_verification` / `settlement_fail`
+- run reconciliation now: settlement.add_reconciliationreport → `reconcile_run`
 
 Signed payout bytes (`signed_transaction`) are never loaded into a page.
 """
@@ -20,14 +23,18 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from config.admin_base import (
     AgeFilter,
     IdSearchMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    ReasonForm,
     action_form_page,
     admin_link,
     age_filter,
@@ -43,6 +50,7 @@ from config.admin_base import (
     user_filter,
     user_list_link,
 )
+from config.errors import ServiceError
 from risk.audit import audit_record
 from settlement.models import (
     FundingPayment,
@@ -337,6 +345,45 @@ class SettlementAdmin(IdSearchMixin, ReadOnlyAdmin):
         "execution_link", "funding_payment_link", "fail_reason", "created_at", "updated_at",
         "verified_at", "settled_at", "history", "ledger")
 
+    actions = ["retry_verification_action", "fail_action"]
+
+    def has_retry_settlement_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("settlement.change_settlement")
+
+    @admin.action(description="Retry verification (and settle if the books allow)",
+                  permissions=["retry_settlement"])
+    def retry_verification_action(self, request: HttpRequest, queryset: QuerySet[Settlement]) -> None:
+        from settlement.services.settlements import settlement_retry_verification
+
+        actor = operator_actor(request)
+
+        def retry(settlement: Settlement) -> None:
+            # Audited even when the chain cannot answer yet and nothing else changes.
+            audit_record(event_type="settlement_retry_requested", actor=actor,
+                         entity_type="settlement", entity_id=settlement.pk,
+                         details={"status": settlement.status})
+            result = settlement_retry_verification(settlement_id=settlement.pk, actor=actor)
+            self.message_user(request, f"Settlement {result.pk}: {settlement.status} → {result.status}",
+                              messages.INFO)
+
+        run_per_row(self, request, queryset, retry, done="{count} settlement(s) retried.")
+
+    @admin.action(description="Mark settlements failed…", permissions=["retry_settlement"])
+    def fail_action(self, request: HttpRequest, queryset: QuerySet[Settlement]) -> HttpResponse | None:
+        from settlement.services.settlements import settlement_fail
+
+        form = bound_action_form(request, ReasonForm)
+        if form.is_bound and form.is_valid():
+            actor, reason = operator_actor(request), form.cleaned_data["reason"]
+            run_per_row(self, request, queryset, lambda settlement: settlement_fail(
+                settlement_id=settlement.pk, reason=reason, actor=actor),
+                done="{count} settlement(s) marked failed.")
+            return None
+        return action_form_page(self, request, queryset, form=form, title="Mark settlements failed",
+                                intro=("Give up on the selected settlements: an alert is raised and "
+                                       "the decision is recorded with your reason."),
+                                submit_label="Mark failed", danger=True)
+
     @admin.display(description="source amount", ordering="source_amount")
     def amount_display(self, obj: Settlement) -> str:
         from config.chains import NATIVE_ASSET, Chain
@@ -471,10 +518,45 @@ class TreasuryAccountAdmin(ReadOnlyAdmin):
 
 @admin.register(ReconciliationReport)
 class ReconciliationReportAdmin(ReadOnlyAdmin):
+    """Reports, and "run now": books against chains, which also refreshes the on-chain
+    treasury balances the dashboard shows. Permission: settlement.add_reconciliationreport."""
+
     list_display = ("started_at", "outcome", "finished_at", "triggered_by", "mismatch_count")
     list_filter = ("outcome", age_filter("started_at"))
     fields = readonly_fields = ("outcome", "started_at", "finished_at", "triggered_by", "checks",
                                 "mismatches")
+    change_list_template = "admin/ops/reconciliation_changelist.html"
+
+    def has_run_reconciliation_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("settlement.add_reconciliationreport")
+
+    def get_urls(self) -> list[URLPattern]:
+        return [path("run/", self.admin_site.admin_view(self.run_view),
+                     name="settlement_reconciliationreport_run"), *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+                        ) -> HttpResponse:
+        extra = {"can_run": self.has_run_reconciliation_permission(request), **(extra_context or {})}
+        return super().changelist_view(request, extra)
+
+    def run_view(self, request: HttpRequest) -> HttpResponse:
+        from settlement.services.reconciliation import reconcile_run
+
+        if not self.has_run_reconciliation_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        try:
+            report = reconcile_run(triggered_by=operator_actor(request))
+        except ServiceError as exc:
+            self.message_user(request, f"{exc.message} ({exc.code})", messages.ERROR)
+        else:
+            level = messages.SUCCESS if report.outcome == "ok" else messages.WARNING
+            self.message_user(request, f"Reconciliation {report.pk}: {report.outcome}", level)
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = reverse("admin:settlement_reconciliationreport_changelist")
+        return HttpResponseRedirect(back)
 
     @admin.display(description="mismatches")
     def mismatch_count(self, obj: ReconciliationReport) -> int:

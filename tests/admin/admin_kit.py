@@ -126,3 +126,19 @@ def fund_inventory(sol: int = 1_000) -> None:
 
 XLM = 10**7
 BIG_XLM = Decimal(20_000 * XLM)  # above the default $1000 withdrawal approval threshold
+
+
+def held_withdrawal(*, user: Any, treasury: str, amount: int = int(BIG_XLM)) -> Any:
+    """A withdrawal above the approval threshold, waiting for an operator: the user gets a
+    verified Stellar wallet and a prepaid balance from a real deposit first."""
+    from settlement.services.withdrawals import withdrawal_request
+    from tests.factories import WalletFactory
+
+    payer = Keypair.random()
+    WalletFactory(user=user, chain="stellar", address=payer.public_key)
+    if user.deposit_memo is None:
+        user.deposit_memo = 10**9 + next(_sequence)
+        user.save(update_fields=["deposit_memo"])
+    outcome = pay_stellar(treasury=treasury, amount=amount, memo_id=user.deposit_memo, payer=payer)
+    assert outcome.status == "credited", outcome.status
+    return withdrawal_request(user=user, chain="stellar", amount=amount)
