@@ -217,13 +217,14 @@ class StellarPayouts:
             # ledger would at most charge, and it is what we book.
             return PayoutResult("success", fee=int(signed.details.get("max_fee", 0)),
                                 raw={"mode": "sandbox"})
+        from stellar_sdk import TransactionBuilder
         from stellar_sdk import exceptions as sdk
 
         server = self._server()
         try:
             try:
-                record = server.submit_transaction(signed.signed_transaction,
-                                                   skip_memo_required_check=True)
+                envelope = TransactionBuilder.from_xdr(signed.signed_transaction, self.passphrase)
+                record = server.submit_transaction(envelope, skip_memo_required_check=True)
             except sdk.BadRequestError as exc:
                 codes = (exc.extras or {}).get("result_codes") or {}
                 code = str(codes.get("transaction") or "")
