@@ -140,3 +140,13 @@ def sandbox(solana_sandbox):
     solana_sandbox.admin.clear_faults()
     yield solana_sandbox
     solana_sandbox.admin.clear_faults()
+
+
+@pytest.fixture(autouse=True)
+def in_memory_channel_layer(settings):
+    """Events go to an in-memory layer here. These tests run executors on several threads of
+    one process, and the PostgreSQL channel layer stalls 30 s (PoolTimeout) on the first
+    publish from a second thread (its pool belongs to another event loop). Delivery through
+    the real layer is covered by the WebSocket tests; worker processes publish from one
+    thread each."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
