@@ -6,10 +6,9 @@ report is stored, an alert raised and the circuit breaker tripped, as for the sc
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, TextIO
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from settlement.models import ReconciliationReport
 from settlement.services.reconciliation import reconcile_run
@@ -19,7 +18,7 @@ class ProgressBar:
     """A one-line text progress bar (redrawn in place on a terminal, one line per step
     otherwise), so the command needs no extra dependency."""
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
+    def __init__(self, stream: OutputWrapper, width: int = 30) -> None:
         self.stream = stream
         self.width = width
         self.interactive = stream.isatty()
@@ -29,11 +28,9 @@ class ProgressBar:
         bar = "#" * filled + "." * (self.width - filled)
         line = f"[{bar}] {done}/{total} {step}"
         if self.interactive:
-            self.stream.write("\r" + line.ljust(self.width + 40))
-            if done == total:
-                self.stream.write("\n")
+            self.stream.write("\r" + line.ljust(self.width + 40), ending="\n" if done == total else "")
         else:
-            self.stream.write(line + "\n")
+            self.stream.write(line)
         self.stream.flush()
 
 
@@ -45,7 +42,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        progress = None if options["quiet"] or options["json"] else ProgressBar(sys.stderr)
+        progress = None if options["quiet"] or options["json"] else ProgressBar(self.stderr)
         report = reconcile_run(triggered_by="command", progress=progress)
         if options["json"]:
             self.stdout.write(json.dumps({"report_id": report.pk, "outcome": report.outcome,
