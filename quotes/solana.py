@@ -18,6 +18,7 @@ only make a quote too high (never too low), and the executor re-simulates agains
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import threading
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ def get_backend() -> SolanaBackend:
             _backend = SolanaBackend(settings.SOLANA_RPC_URL,
                                      timeout=settings.SOLANA_RPC_TIMEOUT_SECONDS)
         return _backend
+
+
+@functools.lru_cache(maxsize=1)
+def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=16,
+                                                 thread_name_prefix="quote-prestate")
 
 
 @functools.lru_cache(maxsize=4)
@@ -150,8 +157,10 @@ def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) 
     # The node replaces the blockhash and skips signature checks: no signature is needed.
     tx = VersionedTransaction.populate(message, [Signature.default()])
     try:
-        before = backend.accounts(watched)
+        # Both reads at once: half the latency, and a narrower window between them.
+        pending_before = _reader_pool().submit(backend.accounts, watched)
         result = backend.simulate(tx, watched, replace_recent_blockhash=True)
+        before = pending_before.result()
     except SolanaUnavailable:
         raise ChainUnavailable() from None
     except SolanaError as exc:

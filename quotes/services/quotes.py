@@ -31,14 +31,11 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import DecimalField, Sum
-from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
-from quotes.models import MemoType, Quote, QuoteStatus, QuoteTransition
+from quotes.models import MemoType, Quote, QuoteStatus
 from quotes.prices import PricePoint, price_feed
 from quotes.pricing import conversion_band_width, convert_ceil, rate_ceil, ttl_for_band
 from quotes.services.prices import price_observations_record
@@ -169,20 +166,30 @@ def _refund_address(*, user: User, source_chain: str, refund_to: str | None) -> 
     return address
 
 
-def _in_flight_commitments(mints: list[str]) -> tuple[int, dict[str, int]]:
-    """Lamports and token units already promised to paid quotes not yet executed."""
-    aggregates: dict[str, Any] = {"lamports": Coalesce(Sum("max_lamports_spend"), Decimal(0))}
-    for n, mint in enumerate(mints):
-        aggregates[f"t{n}"] = Coalesce(
-            Sum(Cast(KeyTextTransform(mint, "token_outflows"),
-                     DecimalField(max_digits=78, decimal_places=0))), Decimal(0))
-    row = Quote.objects.filter(status__in=IN_FLIGHT).aggregate(**aggregates)
-    return int(row["lamports"]), {mint: int(row[f"t{n}"]) for n, mint in enumerate(mints)}
+def _in_flight_commitments(mints: list[str]) -> tuple[int, dict[str, int], int]:
+    """Lamports and token units already promised to paid quotes not yet executed, and the
+    next deposit memo id, in ONE round trip (an indexed aggregate on status).
+
+    The memo is drawn here even if the inventory then refuses: a sequence never rolls
+    back anyway, and a gap in memo ids costs nothing.
+    """
+    token_sums = "".join(
+        ", COALESCE(SUM((token_outflows ->> %s)::numeric), 0)" for _ in mints)
+    sql = (f"SELECT nextval('quote_memo_id_seq'), committed.* FROM ("  # noqa: S608 - no values
+           f"SELECT COALESCE(SUM(max_lamports_spend), 0){token_sums} "
+           f"FROM {Quote._meta.db_table} WHERE status = ANY(%s)) AS committed")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*mints, [str(status) for status in IN_FLIGHT]])
+        memo, lamports, *tokens = cursor.fetchone()
+    return int(lamports), {mint: int(amount) for mint, amount in zip(mints, tokens, strict=True)}, int(memo)
 
 
-def _check_inventory(cost: WorkCost) -> None:
-    """Refuse what the treasury could not fill (like Across's maxDepositInstant)."""
-    committed_lamports, committed_tokens = _in_flight_commitments(list(cost.token_outflows))
+def _check_inventory(cost: WorkCost) -> int:
+    """Refuse what the treasury could not fill (like Across's maxDepositInstant).
+
+    Returns the quote's deposit memo id (see `_in_flight_commitments`)."""
+    committed_lamports, committed_tokens, memo_id = _in_flight_commitments(
+        list(cost.token_outflows))
     available = cost.treasury_lamports - committed_lamports - TREASURY_RENT_RESERVE_LAMPORTS
     if cost.max_lamports_spend > available:
         raise InsufficientTreasury(details={"asset": "SOL", "required": str(cost.max_lamports_spend),
@@ -192,6 +199,7 @@ def _check_inventory(cost: WorkCost) -> None:
         if amount > left:
             raise InsufficientTreasury(details={"asset": mint, "required": str(amount),
                                                 "available": str(max(0, left))})
+    return memo_id
 
 
 def _snapshot(prices: dict[str, PricePoint], *, source_symbol: str, width: Fraction,
@@ -213,12 +221,6 @@ def _snapshot(prices: dict[str, PricePoint], *, source_symbol: str, width: Fract
             for symbol, p in prices.items()
         },
     }
-
-
-def _next_memo_id() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval('quote_memo_id_seq')")
-        return int(cursor.fetchone()[0])
 
 
 def quote_create(*, user: User, source_chain: str, solana_transaction_base64: Any = None,
@@ -272,7 +274,9 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
 
     risk_check_quote(user=user, lamports_spend=cost.max_lamports_spend,
                      source_chain=source_chain, source_amount=total_cost)
-    _check_inventory(cost)
+    # A MEMO_ID from the sequence (>= 10^15): unique per quote, fits a uint64, and never
+    # collides with a user's balance-deposit memo (< 10^15).
+    memo_id = _check_inventory(cost)
 
     ttl = ttl_for_band(width, settings.QUOTE_TTL_SECONDS)
     now = timezone.now()
@@ -290,18 +294,14 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
         nonce=secrets.token_hex(16), created_at=now, expires_at=now + dt.timedelta(seconds=ttl),
         payment_address=(settings.STELLAR_TREASURY_ADDRESS if source_chain == "stellar"
                          else settings.NEAR_PAYMENT_ACCOUNT),
-        payment_memo_type=MemoType.ID, refund_to=refund_address,
+        payment_memo_type=MemoType.ID, payment_memo=str(memo_id), refund_to=refund_address,
     )
+    quote.service_signature = sign_quote(quote_public_payload(quote))
     actor = f"user:{user.pk}"
+    # Creation is not a transition (nothing moves from one status to another): the quote
+    # row and its audit event record it; transition rows start at the first change.
     with transaction.atomic():
-        # A MEMO_ID from the sequence (>= 10^15): unique per quote, fits a uint64, and
-        # never collides with a user's balance-deposit memo (< 10^15).
-        quote.payment_memo = str(_next_memo_id())
-        quote.service_signature = sign_quote(quote_public_payload(quote))
         quote.save(force_insert=True)
-        QuoteTransition.objects.create(quote=quote, from_status="", to_status=QuoteStatus.PENDING,
-                                       at=now, actor=actor,
-                                       details={"total_cost": str(total_cost)})
         audit_record(event_type="quote_created", actor=actor, entity_type="quote",
                      entity_id=quote.pk, user_id=user.pk,
                      details={"source_chain": source_chain, "total_cost": str(total_cost),

@@ -1,0 +1,420 @@
+"""Quote-creation benchmark: `POST /api/v1/quotes` beside a trivial DRF insert endpoint.
+
+    .venv/bin/python bench/quotes.py [--duration 20] [--concurrency 16] [--servers daphne,gunicorn]
+    .venv/bin/python bench/quotes.py --profile 300      # cProfile of quote_create in-process
+
+What runs, all on this machine, fresh for the run:
+* a new PostgreSQL database (on DATABASE_URL's server, else the embedded one), migrated,
+  dropped at the end;
+* the Solana sandbox as its own process (as `make run` starts it), treasury airdropped;
+* the web server the way `make run` serves HTTP: daphne + config.asgi. With
+  `--servers daphne,gunicorn` the same app is also measured under gunicorn (WSGI,
+  config.wsgi) if it is installed (report only; `make run` is unchanged);
+* per server, the SAME process serves both endpoints: quotes, and `POST /bench/insert`, a
+  trivial DRF view (same authentication, JSON parsing and error handling) inserting one
+  audit row: the baseline. It lives in a urls module this script writes to a temporary
+  directory, not in production code;
+* N users signed in by creating their tokens through the ORM, each with a verified
+  Stellar wallet; a thread pool of keep-alive HTTP clients sends for `--duration` seconds
+  per endpoint after a short warm-up.
+
+Fairness knobs set for both endpoints: access logging at WARNING, throttles raised (the
+default per-IP quota would cap a single-host load generator), and the volume-spike breaker
+floor raised (thousands of quotes on a fresh database ARE a spike by its definition).
+
+Prints throughput (successful requests/s), p50/p95/p99 latency, errors, and the ratio.
+Targets (issue #12): >= 500 quotes/s on 2 cores, p95 < 100 ms, >= 50% of the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+from bench.common import latency_summary  # noqa: E402
+
+SETTINGS_MODULE = "bench_quotes_settings"
+SETTINGS_SOURCE = '''
+"""Benchmark-only settings: the real settings plus a urls module with a baseline endpoint."""
+from config.settings import *  # noqa: F401,F403
+
+ROOT_URLCONF = "bench_quotes_urls"
+
+import os as _os
+
+if _os.environ.get("BENCH_DB_POOL"):
+    # psycopg's pool instead of one connection per request thread (ASGI) or per worker.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+    DATABASES["default"]["OPTIONS"] = {**DATABASES["default"]["OPTIONS"],  # noqa: F405
+                                       "pool": {"min_size": 4, "max_size": 16, "timeout": 10}}
+'''
+URLS_SOURCE = '''
+"""The real URL map plus `POST /bench/insert`: a trivial authenticated DRF insert."""
+from django.urls import path
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.urls import urlpatterns as _real
+
+
+class TrivialInsert(APIView):
+    def post(self, request):
+        from risk.models import AuditEvent
+
+        row = AuditEvent.objects.create(event_type="bench_insert", actor=f"user:{request.user.pk}",
+                                        details={"n": request.data.get("n")})
+        return Response({"id": str(row.pk)}, status=status.HTTP_201_CREATED)
+
+
+urlpatterns = [*_real, path("bench/insert", TrivialInsert.as_view())]
+'''
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(host: str, port: int, path: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status < 500:
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+# -- database -------------------------------------------------------------------------------
+
+
+def base_database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if url:
+        return url
+    from config.embedded import embedded_database_uri
+
+    return embedded_database_uri(Path(os.environ.get("DATA_DIR", BASE_DIR / ".data")))
+
+
+def create_database(base_url: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"bench_quotes_{secrets.token_hex(4)}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlparse(base_url)._replace(path=f"/{name}").geturl(), name
+
+
+def drop_database(base_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+class Load:
+    """Keep-alive clients in threads, each sending POSTs until the deadline."""
+
+    def __init__(self, port: int, path: str, bodies: list[bytes], tokens: list[str],
+                 concurrency: int) -> None:
+        self.port, self.path, self.bodies, self.tokens = port, path, bodies, tokens
+        self.concurrency = concurrency
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        latencies: list[list[float]] = [[] for _ in range(self.concurrency)]
+        statuses: list[dict[int, int]] = [{} for _ in range(self.concurrency)]
+        errors: list[dict[str, int]] = [{} for _ in range(self.concurrency)]
+        start_gate = threading.Barrier(self.concurrency + 1)
+        deadline = [0.0]
+
+        def worker(n: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            headers = {"Content-Type": "application/json",
+                       "Authorization": f"Bearer {self.tokens[n % len(self.tokens)]}"}
+            i = n
+            start_gate.wait()
+            while time.monotonic() < deadline[0]:
+                body = self.bodies[i % len(self.bodies)]
+                i += self.concurrency
+                began = time.perf_counter()
+                try:
+                    conn.request("POST", self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    payload = response.read()
+                except OSError:
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                    statuses[n][0] = statuses[n].get(0, 0) + 1
+                    continue
+                elapsed = time.perf_counter() - began
+                statuses[n][response.status] = statuses[n].get(response.status, 0) + 1
+                if response.status < 300:
+                    latencies[n].append(elapsed)
+                else:
+                    try:
+                        code = json.loads(payload).get("error_code", "?")
+                    except ValueError:
+                        code = "?"
+                    errors[n][code] = errors[n].get(code, 0) + 1
+            conn.close()
+
+        threads = [threading.Thread(target=worker, args=(n,), daemon=True)
+                   for n in range(self.concurrency)]
+        for thread in threads:
+            thread.start()
+        deadline[0] = time.monotonic() + seconds
+        started = time.monotonic()
+        start_gate.wait()
+        for thread in threads:
+            thread.join()
+        wall = time.monotonic() - started
+        ok = [x for per_thread in latencies for x in per_thread]
+        status_total: dict[int, int] = {}
+        for per_thread in statuses:
+            for code, count in per_thread.items():
+                status_total[code] = status_total.get(code, 0) + count
+        error_total: dict[str, int] = {}
+        for per_thread in errors:
+            for code, count in per_thread.items():
+                error_total[code] = error_total.get(code, 0) + count
+        return {"throughput": len(ok) / wall, "wall_s": wall, "statuses": status_total,
+                "errors": error_total, **latency_summary(ok)}
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+def start_server(kind: str, port: int, env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    python = sys.executable
+    if kind in ("daphne", "daphne-pool"):  # how `make run` serves HTTP (+ a DB pool)
+        args = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--proxy-headers",
+                "config.asgi:application"]
+    elif kind == "gunicorn":
+        args = [python, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+                "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
+                "--keep-alive", "30", "config.wsgi:application"]
+    else:
+        raise SystemExit(f"unknown server {kind}")
+    return subprocess.Popen(args, cwd=BASE_DIR, env=env)  # noqa: S603 - fixed argv
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def prepare(users: int) -> tuple[list[str], list[bytes], list[bytes]]:
+    """Users + tokens via the ORM, the treasury funded, request bodies prebuilt."""
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from solders.pubkey import Pubkey
+    from stellar_sdk import Keypair as StellarKeypair
+
+    from execution.solana import spl
+    from execution.solana.sandbox import SandboxAdmin
+    from execution.solana.signer import KeypairSigner
+    from users.authentication import token_issue
+    from users.models import User, Wallet
+
+    treasury = KeypairSigner.from_setting(settings.SOLANA_TREASURY_KEY).pubkey
+    SandboxAdmin(settings.SOLANA_RPC_URL).airdrop(treasury, 100_000 * 10**9)
+    tokens = []
+    from django.utils import timezone
+
+    for n in range(users):
+        user = User.objects.create(username=f"bench-{n}-{secrets.token_hex(3)}")
+        Wallet.objects.create(user=user, chain="stellar", address=StellarKeypair.random().public_key,
+                              verified_at=timezone.now())
+        tokens.append(token_issue(user=user))
+    quote_bodies = []
+    for _ in range(64):
+        ix = spl.sol_transfer(treasury, Pubkey.new_unique(), 1_000_000)
+        quote_bodies.append(json.dumps({
+            "source_chain": "stellar",
+            "instructions": [{"program_id": str(ix.program_id),
+                              "accounts": [{"pubkey": str(a.pubkey), "is_signer": a.is_signer,
+                                            "is_writable": a.is_writable} for a in ix.accounts],
+                              "data_base64": base64.b64encode(bytes(ix.data)).decode()}],
+            "estimated_compute_units": 10_000,
+            "priority_fee_micro_lamports": 1_000,
+        }).encode())
+    insert_bodies = [json.dumps({"n": n}).encode() for n in range(64)]
+    from django.db import connections
+
+    connections.close_all()
+    return tokens, quote_bodies, insert_bodies
+
+
+def profile(count: int) -> None:
+    """cProfile of `quote_create` called in-process `count` times (sandbox + DB real)."""
+    import cProfile
+    import pstats
+
+    import django
+
+    django.setup()
+    from quotes.services.quotes import quote_create
+    from users.models import User
+
+    tokens, bodies, _ = prepare(4)
+    del tokens
+    user = User.objects.filter(username__startswith="bench-").first()
+    payloads = [json.loads(b) for b in bodies]
+    for body in payloads[:20]:  # warm up
+        quote_create(user=user, **body)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for n in range(count):
+        quote_create(user=user, **payloads[n % len(payloads)])
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    log(f"in-process: {count} quotes in {elapsed:.2f}s = {count / elapsed:.0f}/s on one thread")
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    log(f"  {name:<16} {result['throughput']:8.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
+        f"p95 {result['p95_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
+        f"ok {result['count']}  statuses {result['statuses']}"
+        + (f"  errors {result['errors']}" if result["errors"] else ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per endpoint")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--servers", default="daphne",
+                        help="comma list of daphne (as make run), daphne-pool (+ psycopg pool), "
+                             "gunicorn (WSGI, gthread; report only)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="instead of HTTP: cProfile N in-process quote_create calls")
+    args = parser.parse_args()
+
+    temp = Path(tempfile.mkdtemp(prefix="bench-quotes-"))
+    (temp / f"{SETTINGS_MODULE}.py").write_text(SETTINGS_SOURCE)
+    (temp / "bench_quotes_urls.py").write_text(URLS_SOURCE)
+    base_url = base_database_url()
+    db_url, db_name = create_database(base_url)
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": db_url,
+        "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+        "PYTHONPATH": os.pathsep.join([str(temp), str(BASE_DIR), env.get("PYTHONPATH", "")]),
+        "CHAIN_MODE": "sandbox", "PRICE_SOURCE": "fixed",
+        "LOG_LEVEL": "WARNING", "DEBUG": "false",
+        "THROTTLE_QUOTE_USER": "10000000/min", "THROTTLE_QUOTE_IP": "10000000/min",
+        "VOLUME_SPIKE_FLOOR": "1000000000",
+    })
+    sandbox = None
+    try:
+        from execution.solana.sandbox import start_sandbox_process
+
+        log(f"fresh database {db_name}; migrating")
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env,
+                       check=True)  # noqa: S603
+        rpc_url, sandbox = start_sandbox_process(None, port=0)
+        env["SOLANA_RPC_URL"] = rpc_url
+        log(f"solana sandbox on {rpc_url}")
+        os.environ.update({k: env[k] for k in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE",
+                                               "SOLANA_RPC_URL", "CHAIN_MODE", "PRICE_SOURCE",
+                                               "LOG_LEVEL", "VOLUME_SPIKE_FLOOR")})
+        sys.path.insert(0, str(temp))
+        if args.profile:
+            profile(args.profile)
+            return 0
+        tokens, quote_bodies, insert_bodies = prepare(args.users)
+        log(f"{len(tokens)} users signed in; {args.concurrency} keep-alive clients, "
+            f"{args.duration:.0f}s per endpoint, {os.cpu_count()} cores")
+        summary = {}
+        for kind in [s.strip() for s in args.servers.split(",") if s.strip()]:
+            if kind == "gunicorn" and shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
+                log("gunicorn is not installed: skipped (pip install gunicorn to compare)")
+                continue
+            port = free_port()
+            server_env = dict(env)
+            if kind == "daphne-pool":
+                server_env["BENCH_DB_POOL"] = "1"
+            server = start_server(kind, port, server_env, args.workers)
+            try:
+                if not wait_http("127.0.0.1", port, "/health", 60):
+                    log(f"{kind} did not start")
+                    return 1
+                results = {}
+                for name, path, bodies in (("quotes", "/api/v1/quotes", quote_bodies),
+                                           ("trivial insert", "/bench/insert", insert_bodies)):
+                    load = Load(port, path, bodies, tokens, args.concurrency)
+                    load.run(args.warmup)
+                    results[name] = load.run(args.duration)
+                log(f"{kind}:")
+                for name, result in results.items():
+                    report(name, result)
+                ratio = results["quotes"]["throughput"] / max(results["trivial insert"]["throughput"], 1e-9)
+                log(f"  quotes / trivial insert throughput = {ratio:.2f}")
+                summary[kind] = {**{k: {m: v for m, v in r.items() if m != "statuses"}
+                                    for k, r in results.items()}, "ratio": ratio}
+            finally:
+                stop(server)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    finally:
+        if sandbox is not None:
+            sandbox.terminate()
+            sandbox.wait()
+        from django.db import connections
+
+        with contextlib.suppress(Exception):  # Django may never have been set up
+            connections.close_all()
+        drop_database(base_url, db_name)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
