@@ -13,6 +13,8 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("execution recovery", "execution.tasks.recover_executions", 1),
     ("resume waiting executions", "execution.tasks.resume_waiting", 1),
     ("risk checks and alert redelivery", "risk.tasks.risk_periodic_checks", 1),
+    ("quote expiry", "quotes.services.quotes.quotes_expire_due", 1),
+    ("price observations", "quotes.services.prices.prices_observe", 1),
     # Live mode only does work; in sandbox it returns at once (no ledger to watch).
     ("stellar payment watcher", "settlement.tasks.stellar_watch", 1),
     ("reconciliation", "settlement.tasks_books.reconcile_scheduled", 10),
