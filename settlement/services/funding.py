@@ -39,7 +39,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from config.errors import ServiceError, Unavailable
@@ -49,7 +48,8 @@ from quotes.services.transitions import lock_quote, quote_transition
 from risk.audit import audit_record
 from settlement.chains.base import ChainUnavailable, PaymentInvalid, VerifiedPayment
 from settlement.ledger import Leg, account_code, ledger_post
-from settlement.models import FundingPayment, FundingPaymentStatus, Refund, UserBalance
+from settlement.models import FundingPayment, FundingPaymentStatus, Refund
+from settlement.services.balances import balance_apply, balance_publish, lock_balance
 from settlement.services.refunds import refund_create, refund_destination
 from settlement.verifiers import chain_mode_is_live, payment_verify
 from users.models import User
@@ -365,10 +365,10 @@ def _credit_balance(payment: FundingPayment, user_id: uuid.UUID) -> PaymentOutco
     _finish(payment, P.CREDITED, user_id=user_id)
     _book(payment, [("user_balance", str(user_id), amount)], kind="balance_deposit",
           description="Prepaid balance deposit")
-    balance, _ = UserBalance.objects.get_or_create(user_id=user_id, chain=payment.chain,
-                                                   defaults={"asset": payment.asset})
-    # F(): concurrent deposits for one user add up instead of overwriting each other.
-    UserBalance.objects.filter(pk=balance.pk).update(amount=F("amount") + amount)
+    # The projection moves with its posting, under the balance row lock (balances service).
+    balance = lock_balance(user_id=user_id, chain=payment.chain)
+    balance_apply(balance=balance, amount_delta=amount)
+    balance_publish(balance=balance, reason="deposit", reference=f"payment:{payment.chain}:{payment.tx_hash}")
     return PaymentOutcome(payment=payment, quote=None, refund=None, created=True, committed=False)
 
 
