@@ -87,3 +87,8 @@ def execution_resume_waiting(*, older_than_seconds: float = 30.0, limit: int = 5
     if quote_ids:
         logger.info("re-enqueued waiting quotes", extra={"count": len(quote_ids), "actor": ACTOR})
     return len(quote_ids)
+
+
+def execution_resume_after_reset() -> int:
+    """Breaker reset hook: every held quote may start now."""
+    return execution_resume_waiting(older_than_seconds=0)
