@@ -130,3 +130,40 @@ def run_threads(targets: list[Callable[[], Any]]) -> list[Any]:
     for thread in threads:
         thread.join(timeout=60)
     return results
+
+
+# -- quotes for real Solana work ----------------------------------------------------------------
+
+
+def sol_transfer_work(recipient: Any, lamports: int) -> list[dict[str, Any]]:
+    from execution.services.chain import treasury_pubkey
+    from execution.solana import spl
+    from quotes.solana_tx import instructions_to_json
+
+    return instructions_to_json([spl.sol_transfer(treasury_pubkey(), recipient, lamports)])
+
+
+def usdc_transfer_work(sandbox: Any, recipient_account: Any, amount: int) -> list[dict[str, Any]]:
+    from execution.solana import spl
+    from quotes.solana_tx import instructions_to_json
+
+    return instructions_to_json([spl.token_transfer_checked(
+        source=sandbox.treasury_usdc_account, mint=sandbox.usdc_mint,
+        destination=recipient_account, owner=sandbox.treasury, amount=amount,
+        decimals=sandbox.usdc_decimals)])
+
+
+def new_quote(customer: Customer, chain: str, instructions: list[dict[str, Any]]):
+    """A priced, signed quote through the real quote engine (simulated on the sandbox)."""
+    from quotes.services.quotes import quote_create
+
+    return quote_create(user=customer.user, source_chain=chain, instructions=instructions,
+                        estimated_compute_units=50_000, priority_fee_micro_lamports=0)
+
+
+def pay_quote(customer: Customer, quote: Any, amount: int | None = None, **chains: Any):
+    """Pay `amount` (default: the total) for the quote, with its memo, on its chain."""
+    amount = int(quote.total_cost) if amount is None else amount
+    if quote.source_chain == "stellar":
+        return pay("stellar", customer.stellar_payment(amount, memo_id=quote.payment_memo), **chains)
+    return pay("near", customer.near_payment(amount, quote_id=str(quote.pk)), **chains)

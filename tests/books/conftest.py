@@ -50,3 +50,21 @@ def near_rpc(settings):
         server.fund(NEAR_TREASURY, 100 * 10**24)
         server.add_key(NEAR_TREASURY, near_public_key(settings.NEAR_TREASURY_KEY))
         yield server
+
+
+@pytest.fixture
+def opened_books(solana_sandbox):
+    """Treasury rows, and the books opened at what the (shared, session) chain holds now, so
+    reconciliation can prove books = chain from here on."""
+    from settlement.services.reconciliation import treasury_inventory_record
+    from settlement.services.treasury import treasury_accounts_ensure
+
+    solana_sandbox.admin.clear_faults()
+    treasury_accounts_ensure()
+    holdings = {"SOL": solana_sandbox.balance(solana_sandbox.treasury),
+                str(solana_sandbox.usdc_mint): solana_sandbox.token_balance(
+                    solana_sandbox.treasury_usdc_account)}
+    for asset, amount in holdings.items():
+        treasury_inventory_record(chain="solana", asset=asset, amount=amount, actor="test",
+                                  reason="opening inventory", reference=f"opening:solana:{asset}")
+    return solana_sandbox

@@ -20,24 +20,10 @@ from risk.models import Alert, CircuitBreakerEvent
 from risk.selectors import breaker_is_open
 from settlement.models import ReconciliationReport, UserBalance
 from settlement.services.reconciliation import reconcile_run, treasury_inventory_record
-from settlement.services.treasury import treasury_accounts_ensure
 from tests.books.books_kit import NEAR, NEAR_TREASURY, XLM, Customer, deposit, pay
 from tests.factories import QuoteFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def opened_books(solana_sandbox):
-    """Treasury rows, and the books opened at what the (shared, session) chain holds now."""
-    treasury_accounts_ensure()
-    holdings = {"SOL": solana_sandbox.balance(solana_sandbox.treasury),
-                str(solana_sandbox.usdc_mint): solana_sandbox.token_balance(
-                    solana_sandbox.treasury_usdc_account)}
-    for asset, amount in holdings.items():
-        treasury_inventory_record(chain="solana", asset=asset, amount=amount, actor="test",
-                                  reason="opening inventory", reference=f"opening:solana:{asset}")
-    return solana_sandbox
 
 
 def _steal(sandbox, lamports: int) -> int:
