@@ -14,6 +14,17 @@ from fractions import Fraction
 
 # Seed risk analysis 1.2: the wider the oracle's band, the sooner the quote expires.
 # (width of the conversion's confidence band, TTL in seconds), widest first.
+#
+# Two rules, two quantities, on purpose:
+# * refusal is per feed: a price whose conf/price exceeds PRICE_MAX_CONFIDENCE_RATIO (2%)
+#   is not trusted at all (PRICE_UNAVAILABLE);
+# * the TTL uses the seed's measure, the relative width of the CONVERSION's band
+#   ((max_out − min_out) / min_out with both prices at their band edges), which is about
+#   twice the sum of the two feeds' ratios.
+# With the default 2% per feed the widest accepted conversion band is
+# (1.02/0.98)² − 1 ≈ 8.3%: the 240 s tier is live, while the 180 s and 120 s tiers only
+# come into play when an operator accepts wider feeds (PRICE_MAX_CONFIDENCE_RATIO = 0.05
+# reaches ≈ 22%). A quote is never refused for its TTL tier, only for an untrusted feed.
 TTL_TIERS: tuple[tuple[Fraction, int], ...] = (
     (Fraction(15, 100), 120),
     (Fraction(10, 100), 180),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.serializers import StrictInputSerializer
@@ -24,15 +25,26 @@ def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict
 
 
 class AccountMetaInput(StrictInputSerializer):
+    """Documentation of one account of an instruction (checked in `quotes.solana_tx`)."""
+
     pubkey = serializers.CharField(max_length=64)
     is_signer = serializers.BooleanField()
     is_writable = serializers.BooleanField()
 
 
 class InstructionInput(StrictInputSerializer):
+    """Documentation of one instruction (checked in `quotes.solana_tx`)."""
+
     program_id = serializers.CharField(max_length=64)
     accounts = AccountMetaInput(many=True, max_length=64)
     data_base64 = serializers.CharField(max_length=2048, allow_blank=True, trim_whitespace=False)
+
+
+@extend_schema_field(InstructionInput(many=True))
+class InstructionListField(serializers.JSONField):
+    """The instruction list, passed through as JSON: `solana_tx.instructions_from_json`
+    checks every field strictly once (DRF's nested serializers would parse it twice, on the
+    hottest path of the API)."""
 
 
 class QuoteCreateInput(StrictInputSerializer):
@@ -40,18 +52,12 @@ class QuoteCreateInput(StrictInputSerializer):
     refund_to = serializers.CharField(max_length=128, required=False, allow_blank=True)
     solana_transaction_base64 = serializers.CharField(max_length=4096, required=False,
                                                       trim_whitespace=False)
-    instructions = InstructionInput(many=True, required=False, max_length=64)
+    instructions = InstructionListField(required=False)
     estimated_compute_units = serializers.IntegerField(required=False, min_value=-2**63,
                                                        max_value=2**63)
     priority_fee_micro_lamports = serializers.IntegerField(required=False, min_value=-2**63,
                                                            max_value=2**63)
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if "instructions" in attrs:
-            attrs["instructions"] = [
-                {**ix, "accounts": [dict(a) for a in ix["accounts"]]} for ix in attrs["instructions"]
-            ]
-        return attrs
 
 
 class SeedQuoteInput(StrictInputSerializer):

@@ -207,6 +207,18 @@ def _pubkey(value: Any, field: str) -> Pubkey:
                                      details={"field": field, "value": value[:64]}) from None
 
 
+_INSTRUCTION_KEYS = frozenset({"program_id", "accounts", "data_base64"})
+_ACCOUNT_KEYS = frozenset({"pubkey", "is_signer", "is_writable"})
+MAX_ACCOUNTS_PER_INSTRUCTION = 64
+
+
+def _no_unknown_keys(item: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(str(key)[:64] for key in item if key not in allowed)
+    if unknown:
+        raise InvalidQuoteParameters(f"{where} has unknown fields",
+                                     details={"field": where, "unknown": unknown[:10]})
+
+
 def instructions_from_json(items: Any) -> list[Instruction]:
     """The normalized JSON list → solders instructions (strict: no extra coercion)."""
     if not isinstance(items, list) or not items:
@@ -220,15 +232,18 @@ def instructions_from_json(items: Any) -> list[Instruction]:
         where = f"instructions[{n}]"
         if not isinstance(item, dict):
             raise InvalidQuoteParameters(f"{where} must be an object", details={"field": where})
+        _no_unknown_keys(item, _INSTRUCTION_KEYS, where)
         accounts = item.get("accounts", [])
-        if not isinstance(accounts, list):
-            raise InvalidQuoteParameters(f"{where}.accounts must be a list",
-                                         details={"field": f"{where}.accounts"})
+        if not isinstance(accounts, list) or len(accounts) > MAX_ACCOUNTS_PER_INSTRUCTION:
+            raise InvalidQuoteParameters(
+                f"{where}.accounts must be a list of at most {MAX_ACCOUNTS_PER_INSTRUCTION}",
+                details={"field": f"{where}.accounts"})
         metas = []
         for m, account in enumerate(accounts):
             at = f"{where}.accounts[{m}]"
             if not isinstance(account, dict):
                 raise InvalidQuoteParameters(f"{at} must be an object", details={"field": at})
+            _no_unknown_keys(account, _ACCOUNT_KEYS, at)
             metas.append(AccountMeta(_pubkey(account.get("pubkey"), f"{at}.pubkey"),
                                      is_signer=_bool(account.get("is_signer", False), f"{at}.is_signer"),
                                      is_writable=_bool(account.get("is_writable", False),

@@ -260,6 +260,14 @@ def test_per_user_daily_limit(quote_settings, client, work, stellar_user):
     {"instructions": [{"program_id": "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",
                        "accounts": [], "data_base64": "%%%"}]},
     {"instructions": "not a list"},
+    {"instructions": [{"program_id": "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",
+                       "accounts": [], "data_base64": "aGk=", "extra": 1}]},
+    {"instructions": [{"program_id": "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr",
+                       "accounts": [{"pubkey": "11111111111111111111111111111111",
+                                     "is_signer": "yes", "is_writable": False}],
+                       "data_base64": "aGk="}]},
+    {"instructions": [{"program_id": 7, "accounts": [], "data_base64": "aGk="}]},
+    {"estimated_compute_units": "many", "instructions": []},
     {"instructions": [], "surprise": 1},
 ])
 def test_malformed_bodies(quote_settings, client, nothing_written, body):
