@@ -235,18 +235,23 @@ class PrivatePostgres:
 class Customer:
     """A user signed in with a Stellar wallet and a NEAR implicit account, over HTTP."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0, join_near: bool = True) -> None:
         self.api = Api(base_url, timeout=timeout)
         self.treasury = self.api.get("/api/v1/treasury")
         self.stellar, self.near = StellarWallet(), NearWallet()
         signed = sign_in(self.api, self.stellar)
         self.token: str = signed["token"]
         self.user_id: str = str(signed["user_id"])
-        sign_in(self.api, self.near, token=self.token)
         self.me = self.api.with_token(self.token)
+        if join_near:
+            self.join_near()
         self.treasury_pubkey = Pubkey.from_string(self.treasury["solana"]["treasury"])
         self.usdc_mint = Pubkey.from_string(self.treasury["solana"]["usdc_mint"])
         self.usdc_decimals = int(self.treasury["solana"]["usdc_decimals"])
+
+    def join_near(self) -> dict[str, Any]:
+        """Add the NEAR implicit account to this user (NEP-413 signed challenge)."""
+        return sign_in(self.api, self.near, token=self.token)
 
     # -- quotes --------------------------------------------------------------------------
     def sol_instructions(self, lamports: int, recipient: Pubkey) -> list[dict[str, Any]]:
