@@ -102,3 +102,14 @@ def work(chain) -> Work:
 @pytest.fixture
 def treasury_keypair(settings) -> Keypair:
     return Keypair.from_base58_string(settings.SOLANA_TREASURY_KEY)
+
+
+@pytest.fixture(autouse=True)
+def forget_recorded_prices():
+    """The recorder remembers, per process, what it already stored; each test's database
+    starts empty, so each test starts with a recorder that remembers nothing."""
+    from quotes.services import prices
+
+    with prices._seen_lock:
+        prices._last_seen.clear()
+    yield

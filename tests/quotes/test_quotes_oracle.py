@@ -221,3 +221,12 @@ def test_ohlc_candles_from_observations(db, anon_client):
         refused = anon_client.get(bad)
         assert refused.status_code == 400, bad
         assert refused.json()["error_code"] == "INVALID_QUOTE_PARAMETERS"
+
+
+def test_periodic_job_records_prices_without_quotes(hermes):
+    from quotes.services.prices import prices_observe
+
+    assert prices_observe() == 4
+    assert prices_observe() == 0  # same publish second: nothing new
+    assert set(PriceObservation.objects.filter(source="pyth").values_list("pair", flat=True)) == {
+        "SOL/USD", "XLM/USD", "NEAR/USD", "USDC/USD"}

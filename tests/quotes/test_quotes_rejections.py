@@ -323,3 +323,16 @@ def test_legacy_message_helper_is_really_legacy(work):
     raw = base64.b64decode(work.legacy_b64(work.memo()))
     assert raw[0] & 0x80 == 0
     assert Message.from_bytes(raw)
+
+
+def test_no_quotes_while_the_circuit_breaker_is_open(quote_settings, client, work,
+                                                     nothing_written):
+    from django.utils import timezone
+
+    from risk.models import CircuitBreaker
+
+    CircuitBreaker.objects.update_or_create(pk=1, defaults={"is_open": True,
+                                                            "opened_at": timezone.now(),
+                                                            "reason": "test"})
+    assert_refused(post(client, {"instructions": work.as_json(work.memo())}), 503,
+                   "CIRCUIT_BREAKER_TRIGGERED")
