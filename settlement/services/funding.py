@@ -22,6 +22,11 @@ bookkeeping in ONE transaction:
 4. Post the balanced ledger entry `payment:<chain>:<tx_hash>` (treasury debited with what
    arrived; customer funds, refunds payable, a user balance or unmatched deposits credited),
    write the refund record, audit, and only after commit enqueue execution and publish.
+   The committed quote's money is locked in `customer_funds:<chain>:<asset>` (a liability):
+   execution later earns it (→ revenue) or, on failure, owes it back (→ refunds_payable).
+
+Lateness is judged by the ledger's close time when the chain gives one (live mode): a
+payment that landed before expiry is honoured even if we hear of it afterwards.
 
 Top-up of an underpaid quote is deliberately not supported: each payment is judged on its
 own, an underpayment is refunded in full and the client pays the full amount again. Adding
