@@ -14,7 +14,7 @@ from django.utils.safestring import SafeString
 
 WIDTH = 560
 HEIGHT = 190
-LEFT = 64  # room for the y-axis labels
+LEFT = 104  # room for the y-axis labels ("123.456789 SOL")
 RIGHT = 8
 TOP = 22
 BOTTOM = 28  # room for the x-axis labels

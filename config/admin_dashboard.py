@@ -44,10 +44,17 @@ class TreasuryRow:
     spent_today: int | None = None
     daily_limit: int | None = None
 
+    @property
+    def asset_label(self) -> str:
+        """SPL assets are named by their mint address: show the one we know by name."""
+        if self.asset == getattr(settings, "SOLANA_USDC_MINT", None):
+            return "USDC"
+        return self.asset if len(self.asset) <= 12 else f"{self.asset[:6]}…"
+
     def text(self, amount: int | None) -> str:
         if amount is None:
             return "—"
-        return f"{format_amount(amount, self.decimals)} {self.asset}"
+        return f"{format_amount(amount, self.decimals)} {self.asset_label}"
 
     @property
     def on_chain_text(self) -> str:

@@ -40,6 +40,8 @@ class OpsAdminSite(AdminSite):
     site_title = "solpay operations"
     index_title = "Back office"
     index_template = "admin/ops/index.html"
+    # Money tables need the width; the index lists every model anyway.
+    enable_nav_sidebar = False
 
     # AdminSite reads these two on every login request; properties make the OTP step
     # follow the current setting.

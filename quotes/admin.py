@@ -15,22 +15,15 @@ from config.admin_base import (
     AgeFilter,
     IdSearchMixin,
     ReadOnlyAdmin,
-    ReadOnlyInline,
     admin_link,
     age_filter,
     amount_display,
     ledger_table,
+    transitions_table,
     user_filter,
     user_list_link,
 )
 from quotes.models import PriceObservation, Quote, QuoteTransition
-
-
-class QuoteTransitionInline(ReadOnlyInline):
-    model = QuoteTransition
-    verbose_name_plural = "transition history"
-    fields = readonly_fields = ("at", "from_status", "to_status", "actor", "tx_hash", "details")
-    ordering = ("at", "id")
 
 
 class ExecutionFailReasonFilter(admin.SimpleListFilter):
@@ -63,11 +56,11 @@ class QuoteAdmin(IdSearchMixin, ReadOnlyAdmin):
     list_select_related = ("user", "execution")
     date_hierarchy = "created_at"
     show_full_result_count = False
-    inlines = [QuoteTransitionInline]
     fieldsets = [
         (None, {"fields": ["id", "user", "status", "source_chain", "source_asset",
                            "pay_from_balance", "created_at", "expires_at", "committed_at",
                            "executed_at"]}),
+        ("Transition history", {"fields": ["history"]}),
         ("What the user pays (source chain, smallest units)",
          {"fields": ["source_amount", "service_fee", "gas_estimate", "total_cost_display",
                      "payment_address", "payment_memo_type", "payment_memo", "refund_to"]}),
@@ -85,7 +78,7 @@ class QuoteAdmin(IdSearchMixin, ReadOnlyAdmin):
                        "fee_lamports", "max_lamports_spend", "token_outflows",
                        "estimated_compute_units", "priority_fee_micro_lamports", "instructions",
                        "price_snapshot", "nonce", "execution_summary", "payments", "refunds",
-                       "ledger")
+                       "ledger", "history")
 
     @admin.display(description="user", ordering="user__username")
     def user_link(self, obj: Quote) -> str:
@@ -106,6 +99,10 @@ class QuoteAdmin(IdSearchMixin, ReadOnlyAdmin):
             return "—"
         text = execution.status + (f" ({execution.fail_reason})" if execution.fail_reason else "")
         return admin_link(execution, text)
+
+    @admin.display(description="transitions")
+    def history(self, obj: Quote) -> str:
+        return transitions_table(list(obj.transitions.order_by("at", "id")))
 
     @admin.display(description="execution")
     def execution_summary(self, obj: Quote) -> str:

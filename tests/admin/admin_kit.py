@@ -5,6 +5,7 @@ Used by the admin tests and by the screenshot script (docs/screenshots/take.py).
 from __future__ import annotations
 
 import itertools
+import os
 from decimal import Decimal
 from typing import Any
 
@@ -23,13 +24,14 @@ from tests.factories import QuoteFactory
 from tests.fakes.horizon import make_stellar_payment
 
 _sequence = itertools.count(50_000)
-_signature = itertools.count(1)
 ACTOR = "test:admin_kit"
 
 
 def fake_signature() -> str:
-    """A base58, signature-shaped string (these executions never touch a chain)."""
-    return f"5{next(_signature):087d}".replace("0", "z")
+    """A real-looking Solana signature (these executions never touch a chain)."""
+    from solders.signature import Signature
+
+    return str(Signature(os.urandom(64)))
 
 
 def pay_stellar(*, treasury: str, amount: int, memo_id: int | str | None,

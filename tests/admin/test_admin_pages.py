@@ -69,8 +69,8 @@ def test_quote_detail_shows_transition_history_execution_payment_and_ledger(admi
 
     assert response.status_code == 200
     page = response.content.decode()
-    history = re.findall(r'field-to_status">\s*<p>(\w+)</p>', page)
-    assert history == ["Committed", "Executing", "Executed"]
+    history = re.findall(r"<td>(\w+) → <b>(\w+)</b></td>", page)
+    assert history == [("pending", "committed"), ("committed", "executing"), ("executing", "executed")]
     assert execution.signature in page
     assert payment.tx_hash in page
     for reference in (f"payment:stellar:{payment.tx_hash}", f"execution:{execution.pk}",
