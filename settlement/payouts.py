@@ -20,8 +20,10 @@ Outcomes are explicit so the caller can keep payouts exactly-once:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -454,3 +456,37 @@ def payout_chain(chain: str) -> PayoutChain:
         return NearPayouts()
     raise ValueError(f"no payouts on {chain!r}")
 
+
+def payout_details_from_signed(chain: str, signed_transaction: str) -> dict[str, Any]:
+    """The judging details (sequence / nonce, validity window, fee bid) read back from the
+    signed bytes, for payouts stored without them (refunds keep only the bytes)."""
+    if chain == "stellar":
+        from stellar_sdk import TransactionBuilder, TransactionEnvelope
+
+        env = TransactionBuilder.from_xdr(signed_transaction, settings.STELLAR_NETWORK_PASSPHRASE)
+        if not isinstance(env, TransactionEnvelope):
+            return {}
+        tx = env.transaction
+        bounds = tx.preconditions.time_bounds if tx.preconditions else None
+        return {"sequence": tx.sequence, "max_fee": tx.fee,
+                "valid_until": bounds.max_time if bounds is not None else 0}
+    from settlement.chains.near import decode_signed_transaction
+
+    return {"nonce": decode_signed_transaction(signed_transaction).transaction.nonce}
+
+
+@contextlib.contextmanager
+def payout_lock(chain: str) -> Iterator[None]:
+    """One payout at a time per treasury (a session-level PostgreSQL advisory lock): each
+    consumes the treasury's next sequence number / nonce, so two signed at once would
+    invalidate each other. Withdrawals and refunds both take it."""
+    from django.db import connection
+
+    key = int.from_bytes(hashlib.sha256(f"payout:{chain}".encode()).digest()[:8], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

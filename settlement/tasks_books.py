@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from settlement.services.reconciliation import reconcile_run
+from settlement.services.refund_payouts import refund_pay_out
 from settlement.services.settlements import settlements_advance
 from settlement.services.withdrawals import withdrawal_execute, withdrawals_resume
 
@@ -28,3 +29,8 @@ def withdrawals_resume_task() -> dict[str, int]:
 
 def settlements_advance_task() -> dict[str, int]:
     return settlements_advance()
+
+
+def refund_pay_out_task(refund_id: str) -> dict[str, str]:
+    refund = refund_pay_out(refund_id=refund_id, actor="task:refund_pay_out")
+    return {"refund_id": str(refund.pk), "status": refund.status, "tx_hash": refund.tx_hash}

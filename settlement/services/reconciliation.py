@@ -297,9 +297,11 @@ def check_chain_transactions() -> CheckResult:
         result.details = {"error": f"Solana unavailable: {type(exc).__name__}", "checked": checked}
         return result.close(f"Solana unavailable after {checked} executions")
     payouts_checked = _check_withdrawal_payouts(result, since)
-    result.details = {"executions": checked, "withdrawals": payouts_checked,
-                      "lookback_days": CHAIN_TX_LOOKBACK.days}
-    return result.close(f"{checked} executions and {payouts_checked} withdrawals match the chain")
+    refunds_checked = _check_refund_payouts(result, since)
+    result.details.update({"executions": checked, "withdrawals": payouts_checked,
+                           "refund_payouts": refunds_checked, "lookback_days": CHAIN_TX_LOOKBACK.days})
+    return result.close(f"{checked} executions, {payouts_checked} withdrawals and {refunds_checked} "
+                        "refund payouts match the chain")
 
 
 def _check_withdrawal_payouts(result: CheckResult, since: dt.datetime) -> int:
@@ -339,6 +341,34 @@ def _check_withdrawal_payouts(result: CheckResult, since: dt.datetime) -> int:
             elif state.state != "success" or state.fee != fee:
                 result.mismatch("withdrawal payout differs on chain", withdrawal_id=withdrawal.pk,
                                 chain_state=state.state, chain_fee=state.fee, fee=fee)
+    return checked
+
+
+def _check_refund_payouts(result: CheckResult, since: dt.datetime) -> int:
+    """Refunds paid by our payout signer: their signed bytes pay exactly the refund, and in
+    live mode the chain has them. (A refund completed by hand carries only a tx hash.)"""
+    from settlement.payouts import PayoutInvalid, SignedPayout, payout_chain, payout_details_from_signed
+
+    checked = 0
+    for refund in Refund.objects.filter(status=RefundStatus.COMPLETED, updated_at__gte=since).exclude(
+            signed_transaction=""):
+        checked += 1
+        payouts = payout_chain(refund.chain)
+        signed = SignedPayout(refund.tx_hash, refund.signed_transaction,
+                              payout_details_from_signed(refund.chain, refund.signed_transaction))
+        try:
+            payouts.verify_offline(signed, destination=refund.destination, amount=int(refund.amount))
+        except PayoutInvalid as exc:
+            result.mismatch("stored refund payout does not pay the refund", refund_id=refund.pk,
+                            error=str(exc))
+            continue
+        if settings.CHAIN_MODE == "live":
+            state = payouts.status(signed)
+            if state.state == "unknown":
+                result.details.setdefault("unverified_payouts", []).append(str(refund.pk))
+            elif state.state != "success":
+                result.mismatch("refund payout is not on chain", refund_id=refund.pk,
+                                chain_state=state.state)
     return checked
 
 

@@ -26,16 +26,13 @@ sequence number / nonce.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import logging
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, Chain, format_amount
@@ -45,7 +42,14 @@ from risk.audit import audit_record
 from risk.selectors import breaker_is_open
 from settlement.ledger import Leg, account_code
 from settlement.models import Withdrawal, WithdrawalStatus
-from settlement.payouts import PayoutChain, PayoutInvalid, PayoutResult, SignedPayout, payout_chain
+from settlement.payouts import (
+    PayoutChain,
+    PayoutInvalid,
+    PayoutResult,
+    SignedPayout,
+    payout_chain,
+    payout_lock,
+)
 from settlement.services.balances import (
     InsufficientFunds,
     balance_apply,
@@ -282,20 +286,6 @@ def withdrawal_reject(*, withdrawal_id: Any, operator: User, reason: str) -> Wit
 # -- paying out -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _payout_lock(chain: str) -> Iterator[None]:
-    """One payout at a time per treasury (session-level advisory lock): each consumes the
-    treasury's next sequence number / nonce, so two in flight would invalidate each other."""
-    key = int.from_bytes(hashlib.sha256(f"payout:{chain}".encode()).digest()[:8], "big", signed=True)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-
-
 def _signed_payout(withdrawal: Withdrawal) -> SignedPayout:
     return SignedPayout(tx_hash=withdrawal.tx_hash or "",
                         signed_transaction=withdrawal.signed_transaction,
@@ -414,7 +404,7 @@ def withdrawal_execute(*, withdrawal_id: Any) -> Withdrawal:
     if withdrawal.status in FINAL or withdrawal.status == W.PENDING_APPROVAL:
         return withdrawal
     payouts = payout_chain(withdrawal.chain)
-    with _payout_lock(withdrawal.chain):
+    with payout_lock(withdrawal.chain):
         withdrawal.refresh_from_db()
         if withdrawal.status == W.APPROVED and breaker_is_open():
             # Books and chain may disagree (or something else tripped it): no new money
@@ -428,6 +418,9 @@ def withdrawal_execute(*, withdrawal_id: Any) -> Withdrawal:
             for earlier in (Withdrawal.objects.filter(chain=withdrawal.chain, status__in=IN_FLIGHT)
                             .exclude(pk=withdrawal.pk).order_by("created_at")):
                 _resolve(earlier, payouts)
+            from settlement.services.refund_payouts import refunds_in_flight_resolve
+
+            refunds_in_flight_resolve(chain=withdrawal.chain, payouts=payouts)
             prepared = payouts.prepare()  # chain I/O, outside any transaction
             withdrawal = _sign(withdrawal.pk, payouts, prepared)
         if withdrawal.status in IN_FLIGHT:
