@@ -1,7 +1,7 @@
 """The breaker as clients and operators live it, through the real quote API, the real
 executor and the LiteSVM sandbox chain: open → quotes 503 and executions held (quote stays
 committed, nothing sent); a wallet user cannot reset; an operator resets → the held
-execution is re-enqueued and runs once."""
+execution is re-enqueued by the reset hook and runs once."""
 
 from __future__ import annotations
 
@@ -88,11 +88,14 @@ def test_open_breaker_refuses_quotes_holds_executions_until_an_operator_resets(c
     assert denied.status_code == 403 and denied.json()["error_code"] == "FORBIDDEN"
     assert CircuitBreaker.objects.get(pk=1).is_open
 
-    # An operator can; the held execution is picked up again and runs exactly once.
+    # An operator can; the reset hook (registered by the execution app) re-enqueues the
+    # held quote after commit, and it runs exactly once.
     reset = client_for(operator_with("reset_breaker")).post(
         "/api/v1/ops/breaker/reset", {"reason": "drill over"}, format="json")
     assert reset.status_code == 200 and reset.json()["open"] is False
-    assert execution_resume_waiting(older_than_seconds=0) == 1
+    held.refresh_from_db()
+    assert held.status == "executed"
+    assert execution_resume_waiting(older_than_seconds=0) == 0  # nothing left waiting
     held.refresh_from_db()
     assert held.status == "executed"
     assert chain.balance(recipient) == 2_000_000
