@@ -78,6 +78,12 @@ ERROR_DESCRIPTIONS: dict[str, str] = {
     "SERVICE_UNAVAILABLE": "Temporarily unavailable",
     "CONFLICT": "The request conflicts with the current state",
     "NOT_ACCEPTABLE": "The Accept header asks for something other than JSON",
+    "INVALID_STATE_TRANSITION": "The object is not in a state that allows this",
+    "NO_VERIFIED_WALLET": "Verify a wallet on that chain first",
+    "USER_NOT_FOUND": "No such user",
+    "WITHDRAWAL_NOT_FOUND": "No withdrawal with this id belongs to the caller",
+    "REFUND_NOT_FOUND": "No such refund",
+    "SETTLEMENT_NOT_FOUND": "No such settlement",
 }
 
 

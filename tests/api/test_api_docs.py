@@ -73,3 +73,21 @@ def test_docs_pages_load_assets_locally(client, page):
 
 def test_admin_static_is_served_too(client):
     assert client.get("/static/admin/css/base.css").status_code == 200
+
+
+def test_every_error_code_raised_in_the_code_base_is_registered():
+    """A code missing from ERROR_CODES is missing from the documented envelope enum, so every
+    response carrying it breaks the schema (schemathesis finds it, this finds it sooner)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    pattern = re.compile(r'code(?:=| = |, status(?:, default_message)? = )"([A-Z][A-Z_]+)"')
+    used: dict[str, str] = {}
+    for app in ("users", "quotes", "execution", "risk", "settlement", "config"):
+        for source in (root / app).rglob("*.py"):
+            if "migrations" in source.parts:
+                continue
+            for code in pattern.findall(source.read_text()):
+                used.setdefault(code, str(source.relative_to(root)))
+    missing = {code: where for code, where in used.items() if code not in ERROR_CODES}
+    assert not missing, f"add these to config.errors.ERROR_CODES (and api_docs.ERROR_DESCRIPTIONS): {missing}"
