@@ -73,8 +73,10 @@ def main() -> int:
     call_command("ensure_schedules")
 
     port = str(settings.PORT)
+    # No --proxy-headers: bound to loopback with no proxy in front, X-Forwarded-For would
+    # only let a client choose the address the throttles and /metrics allow-list see.
     spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,
-                  "--proxy-headers", "config.asgi:application"])
+                  "config.asgi:application"])
     call_command("recover_executions")  # a crash may have left work half-sent
     spawn("worker", [sys.executable, "manage.py", "qcluster"])
     if _wait_http(f"http://127.0.0.1:{port}/health", 30):

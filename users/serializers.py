@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from config.chains import Chain
+from config.serializers import StrictInputSerializer
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -13,7 +14,7 @@ class ErrorSerializer(serializers.Serializer):
     details = serializers.DictField(required=False)
 
 
-class ChallengeRequestSerializer(serializers.Serializer):
+class ChallengeRequestSerializer(StrictInputSerializer):
     chain = serializers.ChoiceField(choices=Chain.choices)
     address = serializers.CharField(max_length=128, trim_whitespace=True)
 
@@ -34,7 +35,7 @@ class ChallengeResponseSerializer(serializers.Serializer):
         return data
 
 
-class VerifyRequestSerializer(serializers.Serializer):
+class VerifyRequestSerializer(StrictInputSerializer):
     challenge_id = serializers.UUIDField()
     signature = serializers.CharField(
         max_length=512, trim_whitespace=True,

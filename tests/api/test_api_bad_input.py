@@ -116,8 +116,6 @@ def test_unknown_fields_are_400_and_write_nothing(api_client):
     assert row_counts() == before
 
 
-@pytest.mark.xfail(strict=True, reason="users.serializers.ChallengeRequestSerializer does not yet "
-                   "subclass config.serializers.StrictInputSerializer; XPASS means it does: drop this mark")
 def test_unknown_fields_on_challenge_are_400(anon_client):
     before = row_counts()
     response = anon_client.post(CHALLENGE, {"chain": "stellar", "address": "G" * 56, "admin": 1},
