@@ -106,9 +106,14 @@ class RunResult:
 
     @classmethod
     def of(cls, execution: Execution, outcome: str | None = None) -> RunResult:
+        status = str(execution.status)  # plain text, also when it was set from the enum
         if outcome is None:
-            outcome = execution.status if execution.status in FINAL else "unresolved"
-        return cls(outcome, str(execution.pk), execution.signature, execution.fail_reason)
+            outcome = status if status in FINAL else "unresolved"
+        return cls(str(outcome), str(execution.pk), execution.signature,
+                   str(execution.fail_reason))
+
+
+_Known = tuple[Execution, ExecutionAttempt | None]
 
 
 class _BreakerOpen(Exception):
@@ -237,8 +242,17 @@ class _Driver:
 
     def run(self) -> RunResult:
         progress: tuple[Any, ...] = ()
+        # What the last step left behind, when it knows (it committed it under our lease);
+        # None sends the next pass back to the database.
+        known: _Known | None = None
         while True:
-            execution = Execution.objects.select_related("quote").get(pk=self.execution_id)
+            if known is None:
+                execution = Execution.objects.select_related("quote").get(pk=self.execution_id)
+                attempt = (None if execution.status in FINAL
+                           else execution.attempts.filter(state=A.SIGNED).first())
+            else:
+                execution, attempt = known
+            known = None
             if (execution.status, execution.attempt_count) != progress:
                 progress, self._pause = (execution.status, execution.attempt_count), 0.0
             if execution.status in FINAL:
@@ -249,14 +263,13 @@ class _Driver:
                 logger.warning("execution unresolved at the confirmation timeout; left for "
                                "recovery", extra={"status": execution.status})
                 return RunResult.of(execution, outcome="unresolved")
-            attempt = execution.attempts.filter(state=A.SIGNED).first()
             try:
                 if attempt is None:
-                    self._sign_next(execution)
+                    known = self._sign_next(execution)
                 elif execution.status == E.SIGNED:
-                    self._guard_and_send(execution, attempt)
+                    known = self._guard_and_send(execution, attempt)
                 else:
-                    self._confirm(execution, attempt)
+                    known = self._confirm(execution, attempt)
             except SolanaError as exc:
                 # No answer, or an answer we cannot use: nothing was decided. Ask again.
                 logger.info("solana rpc problem; retrying", extra={"error": repr(exc)[:300]})
@@ -268,12 +281,12 @@ class _Driver:
 
     # -- 3. sign -------------------------------------------------------------------------
 
-    def _sign_next(self, execution: Execution) -> None:
+    def _sign_next(self, execution: Execution) -> _Known | None:
         quote = execution.quote
         if execution.attempt_count >= self.max_attempts:
             self._fail(execution, FailReason.BLOCKHASH_EXPIRED,
                        f"{execution.attempt_count} attempts expired without landing")
-            return
+            return None
         # A re-sign follows an expiry: never reuse a cached blockhash then.
         blockhash, last_valid = recent_blockhash(self.backend, fresh=execution.attempt_count > 0)
         try:
@@ -284,15 +297,15 @@ class _Driver:
             tx = self.signer.sign_transaction(message)
         except (ServiceError, SignerError) as exc:
             self._fail(execution, FailReason.INVALID_TRANSACTION, str(exc))
-            return
+            return None
         signature = str(tx.signatures[0])
         try:
             with transaction.atomic():
                 locked = lock_execution(execution.pk)
                 if locked.status in FINAL or locked.attempts.filter(state=A.SIGNED).exists():
-                    return  # someone else moved it on; re-read and continue
+                    return None  # someone else moved it on; re-read and continue
                 number = locked.attempt_count + 1
-                ExecutionAttempt.objects.create(
+                attempt = ExecutionAttempt.objects.create(
                     execution=locked, number=number, signature=signature,
                     signed_transaction=bytes(tx), blockhash=str(blockhash),
                     last_valid_block_height=last_valid)
@@ -301,12 +314,13 @@ class _Driver:
                     fields={"signature": signature, "attempt_count": number},
                     details={"attempt": number, "last_valid_block_height": last_valid})
         except IntegrityError:
-            return  # a concurrent driver stored this attempt number first
+            return None  # a concurrent driver stored this attempt number first
         crash_point("after_sign")
+        return locked, attempt
 
     # -- 4 + 5. guard, then send -----------------------------------------------------------
 
-    def _guard_and_send(self, execution: Execution, attempt: ExecutionAttempt) -> None:
+    def _guard_and_send(self, execution: Execution, attempt: ExecutionAttempt) -> _Known | None:
         tx = VersionedTransaction.from_bytes(bytes(attempt.signed_transaction))
         verdict = outflow_guard_check(backend=self.backend, tx=tx, quote=execution.quote,
                                       treasury=self.signer.pubkey)
@@ -318,19 +332,24 @@ class _Driver:
             self._expire(execution, attempt, "never sent; its blockhash expired first")
         elif verdict.outcome == "unstable":
             self._sleep()
+            return execution, attempt
         else:  # ok, or "landed" (someone has these bytes on chain already: only confirm)
-            self._mark_submitted(execution, attempt, verdict)
+            submitted = self._mark_submitted(execution, attempt, verdict)
+            if submitted is None:
+                return None
             if verdict.outcome == "ok":
                 self._send(attempt)
                 crash_point("after_send")
+            return submitted, attempt
+        return None
 
     def _mark_submitted(self, execution: Execution, attempt: ExecutionAttempt,
-                        verdict: GuardVerdict) -> None:
+                        verdict: GuardVerdict) -> Execution | None:
         now = timezone.now()
         with transaction.atomic():
             locked = lock_execution(execution.pk)
             if locked.status != E.SIGNED or locked.signature != attempt.signature:
-                return
+                return None
             fields: dict[str, Any] = {}
             if locked.submitted_at is None:
                 fields["submitted_at"] = now
@@ -340,10 +359,13 @@ class _Driver:
                 details={"attempt": attempt.number,
                          "simulated_lamports_spend": str(verdict.lamports_spend),
                          "simulated_units": verdict.units_consumed})
+        return locked
 
     def _send(self, attempt: ExecutionAttempt) -> None:
+        now = timezone.now()
         ExecutionAttempt.objects.filter(pk=attempt.pk).update(
-            send_count=F("send_count") + 1, last_sent_at=timezone.now())
+            send_count=F("send_count") + 1, last_sent_at=now)
+        attempt.send_count, attempt.last_sent_at = attempt.send_count + 1, now
         try:
             self.backend.send_raw(bytes(attempt.signed_transaction), skip_preflight=True)
         except SolanaError as exc:
@@ -352,12 +374,11 @@ class _Driver:
 
     # -- 6. confirm ----------------------------------------------------------------------
 
-    def _confirm(self, execution: Execution, attempt: ExecutionAttempt) -> None:
+    def _confirm(self, execution: Execution, attempt: ExecutionAttempt) -> _Known | None:
         signature = Signature.from_string(attempt.signature)
         state = self.backend.signature_status(signature)
         if state is not None and state.confirmation_status in _LANDED_STATUSES:
-            self._record_landed(execution, attempt, state)
-            return
+            return self._record_landed(execution, attempt, state)
         if state is None:
             # Height first, then status again: a transaction that landed just before its
             # blockhash expired is found by the second look.
@@ -367,24 +388,26 @@ class _Driver:
                     self._expire(execution, attempt,
                                  f"block height {height} passed {attempt.last_valid_block_height} "
                                  "with no status")
-                return
+                return None
             last_sent = attempt.last_sent_at
             if last_sent is None or (timezone.now() - last_sent).total_seconds() >= self.resend_interval:
                 self._send(attempt)  # the same bytes: at most one of them can ever land
-                return
+                return execution, attempt
         self._sleep()
+        return execution, attempt
 
     def _record_landed(self, execution: Execution, attempt: ExecutionAttempt,
-                       state: SignatureState) -> None:
+                       state: SignatureState) -> _Known | None:
         details = self.backend.transaction(Signature.from_string(attempt.signature))
         if details is None:
             self._sleep()  # a status comes before the full transaction on some nodes
-            return
+            return execution, attempt
         outcome = self._chain_outcome(details)
+        treasury_balance = details.post_balances[details.account_keys.index(self.signer.pubkey)]
         with transaction.atomic():
             locked = lock_execution(execution.pk)
             if locked.status in FINAL:
-                return
+                return None
             quote = lock_quote(locked.quote_id)
             ExecutionAttempt.objects.filter(pk=attempt.pk).update(state=A.LANDED)
             recorded = {"fee_lamports": outcome.fee_lamports,
@@ -403,7 +426,8 @@ class _Driver:
                                      fields={**recorded, "confirmed_at": timezone.now()},
                                      details=chain_facts)
                 execution_book_success(execution=locked, quote=quote, outcome=outcome,
-                                       signature=attempt.signature, actor=self.actor)
+                                       signature=attempt.signature, actor=self.actor,
+                                       treasury_balance_lamports=treasury_balance)
             else:
                 err = details.err if details.err is not None else state.err
                 message = f"program error: {json.dumps(err)}"
@@ -416,6 +440,7 @@ class _Driver:
                                        reason=FailReason.PROGRAM_ERROR, message=message,
                                        actor=self.actor, outcome=outcome,
                                        signature=attempt.signature)
+        return locked, None
 
     def _chain_outcome(self, details: TransactionDetails) -> ChainOutcome:
         treasury = self.signer.pubkey

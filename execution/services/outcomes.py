@@ -77,7 +77,8 @@ def _book_chain_outcome(*, execution: Execution, quote: Quote, outcome: ChainOut
 
 
 def execution_book_success(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
-                           signature: str, actor: str) -> None:
+                           signature: str, actor: str,
+                           treasury_balance_lamports: int | None = None) -> None:
     """The landed, successful execution: quote executed, books, settlement, risk."""
     quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.EXECUTED, actor=actor,
                      expected_from={QuoteStatus.EXECUTING}, tx_hash=signature,
@@ -93,8 +94,11 @@ def execution_book_success(*, execution: Execution, quote: Quote, outcome: Chain
                           quote.source_asset, -total)],
                 quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
     settlement_open(execution=execution, funding_payment=funding_payment_of(quote), actor=actor)
+    # The chain's own post-transaction treasury balance, when the caller read it: the
+    # breaker's hourly-outflow ratio then needs no ledger aggregate.
     breaker_record_execution_outcome(success=True, outflow_lamports=outcome.lamports_spent,
-                                     quote=quote)
+                                     quote=quote,
+                                     treasury_balance_lamports=treasury_balance_lamports)
 
 
 def execution_book_failure(*, execution: Execution, quote: Quote, reason: str, message: str,

@@ -1,0 +1,480 @@
+"""Benchmark: verified payment → executed Solana transaction, through the real pipeline.
+
+    python bench/pipeline.py [--payments 2000] [--rate 250] [--workers 6] [--submitters 2]
+
+What runs (all on this machine, nothing mocked):
+
+* a fresh PostgreSQL database (on DATABASE_URL's server, else the embedded one), migrated;
+* the Solana sandbox server (`python -m execution.solana.sandbox`, LiteSVM, 400 ms blocks,
+  persisting to a temporary directory exactly as `make run` persists to .data/);
+* quotes made by `quotes.services.quotes.quote_create` (priced by simulation), each paying
+  0.001 SOL to its own fresh recipient, paid in XLM;
+* real signed Stellar payment envelopes (stellar-sdk), submitted open-loop at `--rate`
+  per second by `--submitters` processes through `settlement.services.funding.payment_submit`
+  (sandbox verification of the signed envelope, commit of the quote, the ledger entry, and
+  the `execute_quote` task enqueued after commit);
+* `manage.py qcluster` (django-q2, ORM broker, `--workers` worker processes) running the
+  executor: risk reservation, build + sign, attempt stored, simulation guard, send,
+  signature status, getTransaction, ledger/settlement/risk bookkeeping.
+
+Latency of one payment = quote.executed_at − quote.committed_at (both written by the
+service in the transactions that made those transitions, on this machine's clock):
+from "payment accepted" to "executed". Throughput = executions per second over the steady
+middle of the run (first and last 10% of completions excluded) and over the whole run.
+
+Checks (the run fails loudly if any is violated): every quote executed; every recipient
+holds exactly its quoted lamports; one landed attempt per execution; the sandbox's
+transaction count grew by exactly the number of executions; the ledger balances.
+
+Baselines measured in the same run, on the same machine, for the ratios:
+* bare LiteSVM: pre-signed transactions of the same shape (compute budget, transfer, memo)
+  sent in a loop to an in-process `LiteSVM` — the chain's own ceiling;
+* bare HTTP: the same pre-signed transactions sent with `sendTransaction` to the sandbox
+  server through the production RPC client, one thread and 8 threads — the ceiling of the
+  sandbox server the pipeline talks to.
+
+Prints a human summary and a JSON line (`BENCH_JSON {...}`); exit code 1 on a failed check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import StellarWallet, latency_summary, percentile  # noqa: E402
+
+AMOUNT_LAMPORTS = 1_000_000  # 0.001 SOL: above the rent-exempt minimum of a new account
+BENCH_DB_NAME = "solpay_bench_pipeline"
+
+
+def log(message: str) -> None:
+    print(f"[pipeline] {message}", flush=True)
+
+
+# -- infrastructure -------------------------------------------------------------------------
+
+
+def _server_uri() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if url:
+        return url
+    from config.embedded import embedded_database_uri
+
+    return embedded_database_uri(Path(os.environ.get("DATA_DIR", REPO_ROOT / ".data")))
+
+
+def _with_database(uri: str, name: str) -> str:
+    parsed = urlparse(uri)
+    return urlunparse(parsed._replace(path=f"/{name}"))
+
+
+def fresh_database(name: str) -> str:
+    """Create an empty database `name` on the server and return its URL."""
+    import psycopg
+
+    server = _server_uri()
+    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return _with_database(server, name)
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_with_database(_server_uri(), "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Children:
+    """Processes started by the bench, stopped (by pid) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[Any]]] = []
+
+    def add(self, name: str, proc: subprocess.Popen[Any]) -> None:
+        self.procs.append((name, proc))
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop; killing it")
+                proc.kill()
+                proc.wait()
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+
+def _presigned_transfers(payer: Any, blockhash: Any, count: int) -> list[bytes]:
+    """`count` transactions shaped like the executor's: CU limit, CU price, transfer, memo."""
+    from solders.keypair import Keypair
+    from solders.message import MessageV0
+    from solders.transaction import VersionedTransaction
+
+    from execution.solana import spl
+
+    out = []
+    for n in range(count):
+        ixs = [spl.compute_unit_limit(200_000), spl.compute_unit_price(0),
+               spl.sol_transfer(payer.pubkey(), Keypair().pubkey(), AMOUNT_LAMPORTS),
+               spl.memo(f"baseline:{n}")]
+        message = MessageV0.try_compile(payer.pubkey(), ixs, [], blockhash)
+        out.append(bytes(VersionedTransaction(message, [payer])))
+    return out
+
+
+def baseline_litesvm(count: int) -> dict[str, Any]:
+    from solders.keypair import Keypair
+    from solders.litesvm import LiteSVM
+    from solders.transaction import VersionedTransaction
+    from solders.transaction_metadata import FailedTransactionMetadata
+
+    svm = LiteSVM().with_transaction_history(count + 10)
+    payer = Keypair()
+    svm.airdrop(payer.pubkey(), 10**13)
+    txs = [VersionedTransaction.from_bytes(raw)
+           for raw in _presigned_transfers(payer, svm.latest_blockhash(), count)]
+    started = time.perf_counter()
+    for tx in txs:
+        result = svm.send_transaction(tx)
+        if isinstance(result, FailedTransactionMetadata):
+            raise RuntimeError(f"baseline LiteSVM send failed: {result.err()}")
+    elapsed = time.perf_counter() - started
+    return {"transactions": count, "seconds": elapsed, "tx_per_s": count / elapsed,
+            "mean_us": 1e6 * elapsed / count}
+
+
+def baseline_http(url: str, count: int, threads: int) -> dict[str, Any]:
+    """sendTransaction (skip preflight) of pre-signed transactions through SolanaBackend."""
+    from solders.keypair import Keypair
+
+    from execution.solana.backend import SolanaBackend
+    from execution.solana.sandbox import SandboxAdmin
+
+    backend = SolanaBackend(url)
+    payer = Keypair()
+    SandboxAdmin(url).airdrop(payer.pubkey(), 10**13)
+    blockhash, _ = backend.latest_blockhash()
+    txs = _presigned_transfers(payer, blockhash, count)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    chunks = [txs[i::threads] for i in range(threads)]
+
+    def send(chunk: Sequence[bytes]) -> None:
+        mine = []
+        for raw in chunk:
+            t0 = time.perf_counter()
+            backend.send_raw(raw)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=send, args=(chunk,)) for chunk in chunks]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    backend.close()
+    return {"transactions": count, "threads": threads, "seconds": elapsed,
+            "tx_per_s": count / elapsed, **latency_summary(latencies)}
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+
+def _submitter(payments: list[tuple[str, str]], start_at: float, rate: float, offset: int,
+               stride: int, errors: Any) -> None:
+    """One submitting process: payment n goes in at start_at + n / rate (open loop)."""
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from settlement.services.funding import payment_submit
+
+    for index in range(offset, len(payments), stride):
+        due = start_at + index / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        quote_id, envelope = payments[index]
+        try:
+            outcome = payment_submit(chain="stellar", source="api", envelope_xdr=envelope)
+            if not outcome.committed:
+                errors.put(f"{quote_id}: payment not committed ({outcome.status})")
+        except Exception as exc:  # reported, never hidden
+            errors.put(f"{quote_id}: {type(exc).__name__}: {exc}")
+    connection.close()
+
+
+def make_quotes(count: int) -> list[tuple[str, str, str]]:
+    """`count` priced quotes paying AMOUNT_LAMPORTS to fresh recipients, with their signed
+    Stellar payment envelopes: [(quote_id, recipient, envelope_xdr)]."""
+    from django.conf import settings
+    from solders.keypair import Keypair
+
+    from execution.services.chain import treasury_pubkey
+    from execution.solana import spl
+    from quotes.services.quotes import quote_create, quote_response
+    from quotes.solana_tx import instructions_to_json
+    from users.models import User
+
+    wallet = StellarWallet()
+    treasury = treasury_pubkey()
+    out = []
+    users = [User.objects.create(username=f"bench-{secrets.token_hex(4)}") for _ in range(8)]
+    for n in range(count):
+        recipient = Keypair().pubkey()
+        quote = quote_create(
+            user=users[n % len(users)], source_chain="stellar",
+            instructions=instructions_to_json([spl.sol_transfer(treasury, recipient, AMOUNT_LAMPORTS)]),
+            refund_to=wallet.address)
+        envelope = wallet.payment_envelope(payment=quote_response(quote)["payment"],
+                                           network_passphrase=settings.STELLAR_NETWORK_PASSPHRASE)
+        out.append((str(quote.pk), str(recipient), envelope))
+    return out
+
+
+def wait_until_done(quote_ids: list[str], timeout: float) -> dict[str, int]:
+    from django.db.models import Count
+
+    from quotes.models import Quote
+
+    deadline = time.monotonic() + timeout
+    final = ["executed", "failed", "refund_due", "refunded"]
+    while True:
+        counts = dict(Quote.objects.filter(pk__in=quote_ids).values_list("status")
+                      .annotate(n=Count("pk")).values_list("status", "n"))
+        if sum(counts.get(s, 0) for s in final) >= len(quote_ids) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.5)
+
+
+def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> dict[str, Any]:
+    from solders.pubkey import Pubkey
+
+    from execution.models import ExecutionAttempt
+    from execution.solana.backend import SolanaBackend
+    from execution.solana.sandbox import SandboxAdmin
+    from quotes.models import Quote
+    from settlement.ledger import unbalanced_entries
+
+    log(f"creating {args.payments + args.warmup} quotes (priced by simulation) ...")
+    t0 = time.perf_counter()
+    quotes = make_quotes(args.payments + args.warmup)
+    log(f"  done in {time.perf_counter() - t0:.1f}s")
+
+    env = {**os.environ, "Q_WORKERS": str(args.workers)}
+    qcluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=REPO_ROOT,  # noqa: S603
+                                env=env, stdout=subprocess.DEVNULL)
+    children.add("qcluster", qcluster)
+    backend = SolanaBackend(rpc_url)
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+
+    def submit(batch: list[tuple[str, str, str]], rate: float) -> None:
+        payments = [(quote_id, envelope) for quote_id, _, envelope in batch]
+        start_at = time.time() + 3.0  # after the processes have imported Django
+        procs = [ctx.Process(target=_submitter,
+                             args=(payments, start_at, rate, offset, args.submitters, errors))
+                 for offset in range(args.submitters)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+
+    warm, measured = quotes[:args.warmup], quotes[args.warmup:]
+    log(f"warm-up: {len(warm)} payments through {args.workers} qcluster workers ...")
+    submit(warm, rate=min(args.rate, 50))
+    wait_until_done([q for q, _, _ in warm], timeout=120)
+
+    admin = SandboxAdmin(rpc_url)
+    tx_count_before = int(admin.call("getTransactionCount"))
+    log(f"measured: {len(measured)} payments offered at {args.rate}/s by {args.submitters} "
+        "submitter processes ...")
+    started = time.time()
+    submit(measured, rate=args.rate)
+    submitted = time.time()
+    counts = wait_until_done([q for q, _, _ in measured], timeout=args.timeout)
+    finished = time.time()
+    tx_count_after = int(admin.call("getTransactionCount"))
+
+    submit_errors = []
+    while not errors.empty():
+        submit_errors.append(errors.get())
+
+    ids = [q for q, _, _ in measured]
+    rows = list(Quote.objects.filter(pk__in=ids).values_list("pk", "status", "committed_at",
+                                                             "executed_at"))
+    executed = [(c, e) for _, s, c, e in rows if s == "executed" and c and e]
+    latencies = sorted((e - c).total_seconds() for c, e in executed)
+    done_times = sorted(e.timestamp() for _, e in executed)
+    first_commit = min((c.timestamp() for _, c in executed), default=started)
+    overall = len(executed) / (done_times[-1] - first_commit) if executed else 0.0
+    steady = 0.0
+    if len(done_times) >= 20:
+        lo, hi = int(len(done_times) * 0.1), int(len(done_times) * 0.9)
+        steady = (hi - lo) / max(done_times[hi] - done_times[lo], 1e-9)
+
+    # -- exactly once, checked against the chain and the books ------------------------------
+    balances = backend.accounts([Pubkey.from_string(r) for _, r, _ in measured])
+    wrong_balances = [str(k) for k, acc in balances.items()
+                      if acc is None or acc.lamports != AMOUNT_LAMPORTS]
+    landed_per_execution = list(
+        ExecutionAttempt.objects.filter(execution__quote_id__in=ids, state="landed")
+        .values_list("execution_id", flat=True))
+    double_landed = len(landed_per_execution) - len(set(landed_per_execution))
+    attempts_total = ExecutionAttempt.objects.filter(execution__quote_id__in=ids).count()
+    chain_tx_delta = tx_count_after - tx_count_before
+    checks = {
+        "all_executed": len(executed) == len(ids),
+        "recipient_balances_exact": not wrong_balances,
+        "one_landed_attempt_per_execution": double_landed == 0
+        and len(set(landed_per_execution)) == len(executed),
+        "chain_transactions_equal_executions": chain_tx_delta == len(executed),
+        "ledger_balanced": unbalanced_entries() == [],
+        "no_submit_errors": not submit_errors,
+    }
+    backend.close()
+    return {
+        "payments": len(ids),
+        "offered_rate_per_s": args.rate,
+        "workers": args.workers,
+        "submitters": args.submitters,
+        "status_counts": counts,
+        "submit_seconds": submitted - started,
+        "wall_seconds": finished - started,
+        "executions_per_s_steady": steady,
+        "executions_per_s_overall": overall,
+        "latency": latency_summary(latencies),
+        "latency_p95_ms": 1000 * percentile(latencies, 95) if latencies else None,
+        "attempts_total": attempts_total,
+        "chain_transactions": chain_tx_delta,
+        "double_executions": double_landed + max(0, chain_tx_delta - len(executed)),
+        "wrong_recipient_balances": wrong_balances[:10],
+        "submit_errors": submit_errors[:10],
+        "checks": checks,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--payments", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--rate", type=float, default=250.0, help="offered payments per second")
+    parser.add_argument("--workers", type=int, default=6, help="qcluster worker processes")
+    parser.add_argument("--submitters", type=int, default=2, help="payment submitter processes")
+    parser.add_argument("--baseline", type=int, default=2000, help="transactions per baseline")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--keep-db", action="store_true")
+    args = parser.parse_args(argv)
+
+    os.chdir(REPO_ROOT)
+    database_url = fresh_database(BENCH_DB_NAME)
+    children = Children()
+    chain_dir = tempfile.mkdtemp(prefix="solpay-bench-chain-")
+    try:
+        from execution.solana.sandbox import start_sandbox_process
+
+        rpc_url, sandbox_proc = start_sandbox_process(chain_dir, port=0, slot_ms=400)
+        children.add("solana-sandbox", sandbox_proc)
+        from solders.keypair import Keypair
+
+        os.environ.update({
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "DATABASE_URL": database_url,
+            "CHAIN_MODE": "sandbox",
+            "SOLANA_RPC_URL": rpc_url,
+            "SOLANA_TREASURY_KEY": str(Keypair()),
+            "QUOTE_TTL_SECONDS": "1800",
+            # A fresh database has no 24 h quote history: any burst would look like a spike.
+            "VOLUME_SPIKE_FLOOR": str(10**9),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(REPO_ROOT),
+        })
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", interactive=False, verbosity=0)
+        from settlement.services.treasury import treasury_seed_sandbox
+
+        treasury_seed_sandbox()
+        log(f"database {BENCH_DB_NAME}, sandbox {rpc_url} (chain in {chain_dir}), "
+            f"{os.cpu_count()} CPUs")
+
+        log(f"baseline: bare LiteSVM send loop, {args.baseline} transactions ...")
+        bare_svm = baseline_litesvm(args.baseline)
+        log(f"baseline: bare HTTP sendTransaction to the sandbox, {args.baseline} transactions ...")
+        bare_http_1 = baseline_http(rpc_url, args.baseline, threads=1)
+        bare_http_8 = baseline_http(rpc_url, args.baseline, threads=8)
+
+        pipeline = run_pipeline(args, rpc_url, children)
+    finally:
+        children.stop()
+        if not args.keep_db:
+            try:
+                drop_database(BENCH_DB_NAME)
+            except Exception as exc:  # the numbers matter more than the cleanup
+                log(f"could not drop {BENCH_DB_NAME}: {exc}")
+
+    steady = pipeline["executions_per_s_steady"]
+    report = {
+        "pipeline": pipeline,
+        "baseline_litesvm": bare_svm,
+        "baseline_http_send_1_thread": bare_http_1,
+        "baseline_http_send_8_threads": bare_http_8,
+        "ratios": {
+            "pipeline_vs_bare_litesvm_throughput": steady / bare_svm["tx_per_s"],
+            "pipeline_vs_http_send_8_threads_throughput": steady / bare_http_8["tx_per_s"],
+            "pipeline_p50_vs_http_send_p50_latency": (
+                pipeline["latency"]["p50_ms"] / bare_http_1["p50_ms"]),
+        },
+    }
+    lat = pipeline["latency"]
+    print()
+    print("payment accepted → executed on LiteSVM (sandbox server), "
+          f"{pipeline['payments']} payments offered at {args.rate:.0f}/s, "
+          f"{args.workers} qcluster workers, {os.cpu_count()} CPUs")
+    print(f"  throughput  steady {steady:8.1f}/s   overall {pipeline['executions_per_s_overall']:8.1f}/s")
+    print(f"  latency     p50 {lat['p50_ms']:7.1f} ms  p95 {lat['p95_ms']:7.1f} ms  "
+          f"p99 {lat['p99_ms']:7.1f} ms  max {lat['max_ms']:7.1f} ms")
+    print(f"  double executions {pipeline['double_executions']}   checks {pipeline['checks']}")
+    print(f"  bare LiteSVM send loop        {bare_svm['tx_per_s']:10.0f} tx/s "
+          f"({bare_svm['mean_us']:.0f} µs/tx)")
+    print(f"  bare HTTP send, 1 thread      {bare_http_1['tx_per_s']:10.0f} tx/s "
+          f"(p50 {bare_http_1['p50_ms']:.2f} ms)")
+    print(f"  bare HTTP send, 8 threads     {bare_http_8['tx_per_s']:10.0f} tx/s")
+    print(f"  ratios {json.dumps({k: round(v, 4) for k, v in report['ratios'].items()})}")
+    print("BENCH_JSON " + json.dumps(report, default=str))
+    return 0 if all(pipeline["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
