@@ -36,6 +36,6 @@ def webhook_verify(header: str | None, body: bytes, *, secret: str | None = None
     window = settings.WEBHOOK_TOLERANCE_SECONDS if tolerance is None else tolerance
     if abs((time.time() if now is None else now) - t) > window:
         return False
-    key = (secret or settings.WEBHOOK_SECRET).encode()
-    expected = hmac.new(key, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    secret_bytes = (secret or settings.WEBHOOK_SECRET).encode()
+    expected = hmac.new(secret_bytes, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", []))

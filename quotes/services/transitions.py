@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 FINAL = {S.EXECUTED, S.EXPIRED, S.CANCELLED, S.REFUNDED}
 
-_TIMESTAMP_FIELD = {S.COMMITTED: "committed_at", S.EXECUTED: "executed_at"}
+_TIMESTAMP_FIELD: dict[str, str] = {S.COMMITTED: "committed_at", S.EXECUTED: "executed_at"}
 
 
 class InvalidTransition(Conflict):
