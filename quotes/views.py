@@ -15,7 +15,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api_docs import IDEMPOTENCY_KEY_PARAMETER, error_responses
+from config.api_docs import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    PAGINATION_PARAMETERS,
+    error_responses,
+    paginated,
+)
 from config.idempotency import idempotent
 from config.throttling import QuoteIpThrottle, QuoteUserThrottle
 from quotes import selectors
@@ -86,8 +91,9 @@ class QuotesView(APIView):
         parameters=[OpenApiParameter("status", str, required=False,
                                      enum=["pending", "committed", "executing", "executed",
                                            "expired", "cancelled", "failed", "refund_due",
-                                           "refunded"])],
-        responses={200: QuoteOutput(many=True)},
+                                           "refunded"]),
+                    *PAGINATION_PARAMETERS],
+        responses={200: paginated(QuoteOutput)},
     )
     def get(self, request: Request) -> Response:
         query = validated(QuoteListQuery, request.query_params)
