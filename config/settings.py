@@ -150,6 +150,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Quote, pay on Stellar or NEAR, and get a Solana transaction executed.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # One schema name per chain choice set, whichever serializer field uses it.
+    "ENUM_NAME_OVERRIDES": {"SourceChainEnum": ["stellar", "near"], "ChainEnum": "config.chains.Chain"},
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI / Redoc assets from drf-spectacular-sidecar (our static files, no CDN).
     "SWAGGER_UI_DIST": "SIDECAR",

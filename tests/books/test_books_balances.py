@@ -288,3 +288,28 @@ def test_every_balance_change_reaches_the_users_stream_after_commit(django_captu
     assert (balance["chain"], balance["total"], balance["locked"], balance["available"]) == (
         "stellar", str(10 * XLM), str(4 * XLM), str(6 * XLM))
     assert balance["reason"] == "quote_committed" and balance["reference"] == str(quote.pk)
+
+
+def test_tvl_per_chain_counts_prepaid_balances_and_customer_funds(settings):
+    from settlement.selectors import tvl_by_chain
+    from settlement.services.withdrawals import withdrawal_request
+    from tests.books.books_kit import pay_quote
+
+    alice, bob = Customer(), Customer()
+    deposit(alice, "stellar", 100 * XLM)
+    deposit(bob, "stellar", 50 * XLM)
+    deposit(bob, "near", 2 * NEAR)
+    quote_pay_from_balance(user=alice.user, quote_id=_quote(alice, 10 * XLM).pk)
+    withdrawal_request(user=bob.user, chain="stellar", amount=5 * XLM)
+    paid = _quote(alice, 7 * XLM, payment_address=settings.STELLAR_TREASURY_ADDRESS)
+    assert pay_quote(alice, paid).committed  # customer funds: paid, not executed yet
+
+    tvl = tvl_by_chain()
+
+    assert tvl["stellar"]["XLM"] | {"display": None} == {
+        "prepaid_balances": str(150 * XLM), "locked": str(10 * XLM), "withdrawing": str(5 * XLM),
+        "customer_funds": str(7 * XLM), "total": str(157 * XLM), "users_with_balance": 2,
+        "display": None}
+    assert tvl["stellar"]["XLM"]["display"]["total"] == "157"
+    assert tvl["near"]["NEAR"]["prepaid_balances"] == str(2 * NEAR)
+    assert tvl["near"]["NEAR"]["users_with_balance"] == 1
