@@ -289,32 +289,62 @@ def prepare(users: int) -> tuple[list[str], list[bytes], list[bytes]]:
 
 
 def profile(count: int) -> None:
-    """cProfile of `quote_create` called in-process `count` times (sandbox + DB real)."""
+    """CPU profile (cProfile on process time: waiting for the DB or the node is not
+    counted) of `count` POST /api/v1/quotes requests through Django's full request path,
+    in-process, against the real sandbox and database."""
     import cProfile
     import pstats
 
     import django
 
     django.setup()
-    from quotes.services.quotes import quote_create
-    from users.models import User
+    from rest_framework.test import APIClient
 
-    tokens, bodies, _ = prepare(4)
-    del tokens
-    user = User.objects.filter(username__startswith="bench-").first()
-    payloads = [json.loads(b) for b in bodies]
-    for body in payloads[:20]:  # warm up
-        quote_create(user=user, **body)
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
-    profiler.enable()
-    for n in range(count):
-        quote_create(user=user, **payloads[n % len(payloads)])
-    profiler.disable()
-    elapsed = time.perf_counter() - started
-    log(f"in-process: {count} quotes in {elapsed:.2f}s = {count / elapsed:.0f}/s on one thread")
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    tokens, bodies, insert_bodies = prepare(4)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens[0]}")
+
+    def post(path: str, body: bytes) -> None:
+        response = client.generic("POST", path, body, content_type="application/json")
+        assert response.status_code == 201, response.content
+
+    for body in bodies[:20]:  # warm up
+        post("/api/v1/quotes", body)
+    for name, path, payloads in (("quotes", "/api/v1/quotes", bodies),
+                                 ("trivial insert", "/bench/insert", insert_bodies)):
+        profiler = cProfile.Profile(time.process_time)
+        cpu, wall = time.process_time(), time.perf_counter()
+        profiler.enable()
+        for n in range(count):
+            post(path, payloads[n % len(payloads)])
+        profiler.disable()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        log(f"{name}: {count} requests, {1000 * cpu / count:.2f} ms CPU and "
+            f"{1000 * wall / count:.2f} ms wall each (one thread, profiler on)")
+        if name == "quotes":
+            ours = r"quotes/|risk/|solana|signing|audit|idempotency|authentication"
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(ours, 40)
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) of each named process tree, children included."""
+    import psutil
+
+    out = {}
+    for name, pid in pids.items():
+        total = 0.0
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+                except psutil.NoSuchProcess:
+                    continue
+        except psutil.NoSuchProcess:
+            pass
+        out[name] = total
+    return out
 
 
 def report(name: str, result: dict[str, Any]) -> None:
@@ -322,6 +352,9 @@ def report(name: str, result: dict[str, Any]) -> None:
         f"p95 {result['p95_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
         f"ok {result['count']}  statuses {result['statuses']}"
         + (f"  errors {result['errors']}" if result["errors"] else ""))
+    if result.get("cpu_ms_per_ok"):
+        per = "  ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms_per_ok"].items())
+        log(f"  {'':<16} CPU ms per successful request: {per}")
 
 
 def main() -> int:
@@ -392,7 +425,13 @@ def main() -> int:
                                            ("trivial insert", "/bench/insert", insert_bodies)):
                     load = Load(port, path, bodies, tokens, args.concurrency)
                     load.run(args.warmup)
+                    pids = {"server": server.pid, "sandbox": sandbox.pid}
+                    cpu_before = cpu_seconds(pids)
                     results[name] = load.run(args.duration)
+                    cpu_after = cpu_seconds(pids)
+                    ok = max(results[name]["count"], 1)
+                    results[name]["cpu_ms_per_ok"] = {
+                        k: 1000 * (cpu_after[k] - cpu_before[k]) / ok for k in pids}
                 log(f"{kind}:")
                 for name, result in results.items():
                     report(name, result)

@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import secrets
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -149,57 +150,65 @@ def _decode_work(*, solana_transaction_base64: Any, instructions: Any) -> Solana
     return work_from_instructions(instructions, treasury=treasury)
 
 
-def _refund_address(*, user: User, source_chain: str, refund_to: str | None) -> str:
-    if refund_to:
-        try:
-            return validate_address(source_chain, refund_to)
-        except InvalidAddress as exc:
-            raise InvalidQuoteParameters(f"refund_to is not a valid {source_chain} address",
-                                         details={"field": "refund_to", "reason": str(exc)}) from None
-    address = (Wallet.objects.filter(user=user, chain=source_chain)
-               .order_by("-verified_at").values_list("address", flat=True).first())
-    if address is None:
-        raise InvalidQuoteParameters(
-            f"No verified {source_chain} wallet to refund to: give refund_to or verify a wallet",
-            details={"field": "refund_to"},
-        )
-    return address
+def _given_refund_address(*, source_chain: str, refund_to: str | None) -> str | None:
+    if not refund_to:
+        return None
+    try:
+        return validate_address(source_chain, refund_to)
+    except InvalidAddress as exc:
+        raise InvalidQuoteParameters(f"refund_to is not a valid {source_chain} address",
+                                     details={"field": "refund_to", "reason": str(exc)}) from None
 
 
-def _in_flight_commitments(mints: list[str]) -> tuple[int, dict[str, int], int]:
-    """Lamports and token units already promised to paid quotes not yet executed, and the
-    next deposit memo id, in ONE round trip (an indexed aggregate on status).
+@dataclass(frozen=True, slots=True)
+class _Reservations:
+    memo_id: int  # the quote's deposit MEMO_ID
+    committed_lamports: int  # promised to paid quotes not yet executed
+    committed_tokens: dict[str, int]
+    wallet_address: str | None  # the user's latest verified wallet on the source chain
 
-    The memo is drawn here even if the inventory then refuses: a sequence never rolls
-    back anyway, and a gap in memo ids costs nothing.
+
+def _reservations(*, user: User, source_chain: str, mints: list[str]) -> _Reservations:
+    """Everything quoting needs from the database, in ONE statement (hot path):
+
+    * what paid, not yet executed quotes already claim from the treasury (an indexed
+      aggregate on status), SOL and each token the work moves;
+    * the next deposit memo id. It is drawn even if the inventory then refuses: a
+      sequence never rolls back anyway, and a gap in memo ids costs nothing;
+    * the user's verified wallet on the source chain (the default refund address).
     """
     token_sums = "".join(
         ", COALESCE(SUM((token_outflows ->> %s)::numeric), 0)" for _ in mints)
-    sql = (f"SELECT nextval('quote_memo_id_seq'), committed.* FROM ("  # noqa: S608 - no values
-           f"SELECT COALESCE(SUM(max_lamports_spend), 0){token_sums} "
-           f"FROM {Quote._meta.db_table} WHERE status = ANY(%s)) AS committed")
+    sql = (
+        "SELECT nextval('quote_memo_id_seq'), "  # noqa: S608 - table names only, values bound
+        f"(SELECT address FROM {Wallet._meta.db_table} WHERE user_id = %s AND chain = %s "
+        " ORDER BY verified_at DESC LIMIT 1), committed.* "
+        f"FROM (SELECT COALESCE(SUM(max_lamports_spend), 0){token_sums} "
+        f"      FROM {Quote._meta.db_table} WHERE status = ANY(%s)) AS committed"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*mints, [str(status) for status in IN_FLIGHT]])
-        memo, lamports, *tokens = cursor.fetchone()
-    return int(lamports), {mint: int(amount) for mint, amount in zip(mints, tokens, strict=True)}, int(memo)
+        cursor.execute(sql, [user.pk, source_chain, *mints,
+                             [str(status) for status in IN_FLIGHT]])
+        memo, wallet, lamports, *tokens = cursor.fetchone()
+    return _Reservations(memo_id=int(memo), committed_lamports=int(lamports),
+                         committed_tokens={m: int(t) for m, t in zip(mints, tokens, strict=True)},
+                         wallet_address=wallet)
 
 
-def _check_inventory(cost: WorkCost) -> int:
-    """Refuse what the treasury could not fill (like Across's maxDepositInstant).
-
-    Returns the quote's deposit memo id (see `_in_flight_commitments`)."""
-    committed_lamports, committed_tokens, memo_id = _in_flight_commitments(
-        list(cost.token_outflows))
-    available = cost.treasury_lamports - committed_lamports - TREASURY_RENT_RESERVE_LAMPORTS
+def _check_inventory(cost: WorkCost, reservations: _Reservations) -> None:
+    """Refuse what the treasury could not fill (like Across's maxDepositInstant): its live
+    balance (read with the simulation), less what paid quotes already claim, less the
+    rent-exempt reserve its own account must keep."""
+    available = (cost.treasury_lamports - reservations.committed_lamports
+                 - TREASURY_RENT_RESERVE_LAMPORTS)
     if cost.max_lamports_spend > available:
         raise InsufficientTreasury(details={"asset": "SOL", "required": str(cost.max_lamports_spend),
                                             "available": str(max(0, available))})
     for mint, amount in cost.token_outflows.items():
-        left = cost.treasury_token_balances.get(mint, 0) - committed_tokens[mint]
+        left = cost.treasury_token_balances.get(mint, 0) - reservations.committed_tokens[mint]
         if amount > left:
             raise InsufficientTreasury(details={"asset": mint, "required": str(amount),
                                                 "available": str(max(0, left))})
-    return memo_id
 
 
 def _snapshot(prices: dict[str, PricePoint], *, source_symbol: str, width: Fraction,
@@ -235,7 +244,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
                         instructions=instructions)
     cu_limit, cu_price = compute_budget(work, compute_units=estimated_compute_units,
                                         priority_fee_micro_lamports=priority_fee_micro_lamports)
-    refund_address = _refund_address(user=user, source_chain=source_chain, refund_to=refund_to)
+    given_refund_address = _given_refund_address(source_chain=source_chain, refund_to=refund_to)
     source_symbol = NATIVE_ASSET[Chain(source_chain)]
     source_decimals = NATIVE_DECIMALS[source_symbol]
     feed = price_feed()
@@ -274,9 +283,15 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
 
     risk_check_quote(user=user, lamports_spend=cost.max_lamports_spend,
                      source_chain=source_chain, source_amount=total_cost)
-    # A MEMO_ID from the sequence (>= 10^15): unique per quote, fits a uint64, and never
-    # collides with a user's balance-deposit memo (< 10^15).
-    memo_id = _check_inventory(cost)
+    reservations = _reservations(user=user, source_chain=source_chain,
+                                 mints=list(cost.token_outflows))
+    refund_address = given_refund_address or reservations.wallet_address
+    if refund_address is None:
+        raise InvalidQuoteParameters(
+            f"No verified {source_chain} wallet to refund to: give refund_to or verify a wallet",
+            details={"field": "refund_to"},
+        )
+    _check_inventory(cost, reservations)
 
     ttl = ttl_for_band(width, settings.QUOTE_TTL_SECONDS)
     now = timezone.now()
@@ -294,7 +309,10 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
         nonce=secrets.token_hex(16), created_at=now, expires_at=now + dt.timedelta(seconds=ttl),
         payment_address=(settings.STELLAR_TREASURY_ADDRESS if source_chain == "stellar"
                          else settings.NEAR_PAYMENT_ACCOUNT),
-        payment_memo_type=MemoType.ID, payment_memo=str(memo_id), refund_to=refund_address,
+        payment_memo_type=MemoType.ID, refund_to=refund_address,
+        # A MEMO_ID from the sequence (>= 10^15): unique per quote, fits a uint64, and
+        # never collides with a user's balance-deposit memo (< 10^15).
+        payment_memo=str(reservations.memo_id),
     )
     quote.service_signature = sign_quote(quote_public_payload(quote))
     actor = f"user:{user.pk}"
