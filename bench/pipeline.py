@@ -208,7 +208,7 @@ def baseline_http(url: str, count: int, threads: int) -> dict[str, Any]:
 
 
 def _submitter(payments: list[tuple[str, str]], start_at: float, rate: float, offset: int,
-               stride: int, errors: Any) -> None:
+               stride: int, errors: Any, timings: Any) -> None:
     """One submitting process: payment n goes in at start_at + n / rate (open loop)."""
     import django
 
@@ -217,19 +217,58 @@ def _submitter(payments: list[tuple[str, str]], start_at: float, rate: float, of
 
     from settlement.services.funding import payment_submit
 
+    durations = []
+    lateness = []
     for index in range(offset, len(payments), stride):
         due = start_at + index / rate
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
+        else:
+            lateness.append(-delay)
         quote_id, envelope = payments[index]
+        t0 = time.perf_counter()
         try:
             outcome = payment_submit(chain="stellar", source="api", envelope_xdr=envelope)
             if not outcome.committed:
                 errors.put(f"{quote_id}: payment not committed ({outcome.status})")
         except Exception as exc:  # reported, never hidden
             errors.put(f"{quote_id}: {type(exc).__name__}: {exc}")
+        durations.append(time.perf_counter() - t0)
+    cpu = time.process_time()
     connection.close()
+    timings.put((durations, lateness, cpu))
+
+
+def _cpu_snapshot(qcluster_pid: int, children: Children) -> dict[str, float]:
+    """CPU seconds so far of the qcluster tree, the sandbox server, and the PostgreSQL
+    backends serving the bench database that live through the run (the executor's;
+    the submitters' connections come and go and are not counted)."""
+    import psutil
+    from django.db import connection
+
+    def tree(pid: int) -> float:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+        backend_pids = [row[0] for row in cursor.fetchall()]
+    sandbox_pid = next(p.pid for name, p in children.procs if name == "solana-sandbox")
+    return {"qcluster_executor": tree(qcluster_pid), "solana_sandbox": tree(sandbox_pid),
+            "postgres_for_executor": sum(tree(pid) for pid in backend_pids)}
 
 
 def make_quotes(count: int) -> list[tuple[str, str, str]]:
@@ -296,17 +335,28 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
     backend = SolanaBackend(rpc_url)
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.Queue()
+    timings = ctx.Queue()
+    submitter_cpu: list[float] = []
 
-    def submit(batch: list[tuple[str, str, str]], rate: float) -> None:
+    def submit(batch: list[tuple[str, str, str]], rate: float) -> tuple[list[float], list[float]]:
         payments = [(quote_id, envelope) for quote_id, _, envelope in batch]
         start_at = time.time() + 3.0  # after the processes have imported Django
         procs = [ctx.Process(target=_submitter,
-                             args=(payments, start_at, rate, offset, args.submitters, errors))
+                             args=(payments, start_at, rate, offset, args.submitters, errors,
+                                   timings))
                  for offset in range(args.submitters)]
         for proc in procs:
             proc.start()
+        durations: list[float] = []
+        lateness: list[float] = []
+        for _ in procs:
+            got_durations, got_lateness, cpu = timings.get()
+            durations += got_durations
+            lateness += got_lateness
+            submitter_cpu.append(cpu)
         for proc in procs:
             proc.join()
+        return durations, lateness
 
     warm, measured = quotes[:args.warmup], quotes[args.warmup:]
     log(f"warm-up: {len(warm)} payments through {args.workers} qcluster workers ...")
@@ -315,14 +365,21 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
 
     admin = SandboxAdmin(rpc_url)
     tx_count_before = int(admin.call("getTransactionCount"))
+    submitter_cpu.clear()
+    cpu_before = _cpu_snapshot(qcluster.pid, children)
     log(f"measured: {len(measured)} payments offered at {args.rate}/s by {args.submitters} "
         "submitter processes ...")
     started = time.time()
-    submit(measured, rate=args.rate)
+    submit_durations, submit_lateness = submit(measured, rate=args.rate)
     submitted = time.time()
     counts = wait_until_done([q for q, _, _ in measured], timeout=args.timeout)
     finished = time.time()
     tx_count_after = int(admin.call("getTransactionCount"))
+    cpu_after = _cpu_snapshot(qcluster.pid, children)
+    cpu_ms = {name: 1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / max(len(measured), 1)
+              for name in cpu_after}
+    cpu_ms["payment_submitters"] = 1000 * sum(submitter_cpu) / max(len(measured), 1)
+    cpu_ms["total"] = sum(cpu_ms.values())
 
     submit_errors = []
     while not errors.empty():
@@ -373,6 +430,10 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
         "executions_per_s_overall": overall,
         "latency": latency_summary(latencies),
         "latency_p95_ms": 1000 * percentile(latencies, 95) if latencies else None,
+        "payment_submit_latency": latency_summary(submit_durations),
+        "payments_sent_late": len(submit_lateness),
+        "payment_max_lateness_ms": 1000 * max(submit_lateness, default=0.0),
+        "cpu_ms_per_payment": cpu_ms,
         "attempts_total": attempts_total,
         "chain_transactions": chain_tx_delta,
         "double_executions": double_landed + max(0, chain_tx_delta - len(executed)),
@@ -465,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  throughput  steady {steady:8.1f}/s   overall {pipeline['executions_per_s_overall']:8.1f}/s")
     print(f"  latency     p50 {lat['p50_ms']:7.1f} ms  p95 {lat['p95_ms']:7.1f} ms  "
           f"p99 {lat['p99_ms']:7.1f} ms  max {lat['max_ms']:7.1f} ms")
+    sub = pipeline["payment_submit_latency"]
+    print(f"  payment_submit (verify + commit) p50 {sub['p50_ms']:.1f} ms  p95 {sub['p95_ms']:.1f} ms; "
+          f"{pipeline['payments_sent_late']} payments went out late "
+          f"(max {pipeline['payment_max_lateness_ms']:.0f} ms behind schedule)")
+    print("  CPU per payment (ms): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in pipeline["cpu_ms_per_payment"].items()))
     print(f"  double executions {pipeline['double_executions']}   checks {pipeline['checks']}")
     print(f"  bare LiteSVM send loop        {bare_svm['tx_per_s']:10.0f} tx/s "
           f"({bare_svm['mean_us']:.0f} µs/tx)")

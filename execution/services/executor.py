@@ -302,8 +302,10 @@ class _Driver:
         try:
             with transaction.atomic():
                 locked = lock_execution(execution.pk)
-                if locked.status in FINAL or locked.attempts.filter(state=A.SIGNED).exists():
-                    return None  # someone else moved it on; re-read and continue
+                if locked.status in FINAL:
+                    return None
+                # A live attempt stored meanwhile (only possible without our lease) makes this
+                # insert fail on `attempt_one_live_per_execution`: nothing is then stored.
                 number = locked.attempt_count + 1
                 attempt = ExecutionAttempt.objects.create(
                     execution=locked, number=number, signature=signature,
@@ -314,7 +316,7 @@ class _Driver:
                     fields={"signature": signature, "attempt_count": number},
                     details={"attempt": number, "last_valid_block_height": last_valid})
         except IntegrityError:
-            return None  # a concurrent driver stored this attempt number first
+            return None  # a concurrent driver stored an attempt first; re-read and continue
         crash_point("after_sign")
         return locked, attempt
 
