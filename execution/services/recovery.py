@@ -30,6 +30,7 @@ from risk.selectors import breaker_is_open
 logger = logging.getLogger(__name__)
 
 RECOVERY_ACTOR = "system:recovery"
+RECOVERY_DRIVE_SECONDS = 30.0
 EXECUTE_TASK = "execution.tasks.execute_quote"
 
 
@@ -62,7 +63,11 @@ def execution_recover_stuck(*, older_than_seconds: float | None = None, limit: i
         if time.monotonic() - started > budget_seconds:
             counts["deferred"] = counts.get("deferred", 0) + 1
             continue
-        result = execution_drive(execution_id=execution_id, actor=RECOVERY_ACTOR)
+        # A node that stays silent must not hold the minute job for the whole confirmation
+        # window: what is still unresolved is simply picked up again next minute.
+        result = execution_drive(execution_id=execution_id, actor=RECOVERY_ACTOR,
+                                 timeout_seconds=min(RECOVERY_DRIVE_SECONDS,
+                                                     settings.SOLANA_CONFIRM_TIMEOUT_SECONDS))
         counts[result.outcome] = counts.get(result.outcome, 0) + 1
         logger.info("recovery drove execution", extra={"execution_id": str(execution_id),
                                                        "outcome": result.outcome})

@@ -5,10 +5,12 @@ the quote, books, settlement and history say so."""
 from __future__ import annotations
 
 import pytest
+from solders.keypair import Keypair
 from solders.signature import Signature
 
 from execution.models import Execution, ExecutionAttempt, ExecutionTransition
 from execution.selectors import execution_summary
+from execution.solana import spl
 from execution.tasks import execute_quote
 from quotes.models import QuoteTransition
 from risk.models import AuditEvent
@@ -17,6 +19,7 @@ from settlement.models import JournalEntry, Settlement
 from tests.execution.conftest import (
     assert_books_balanced,
     chain_transaction_count,
+    make_committed_quote,
     sol_quote,
     usdc_quote,
 )
@@ -130,3 +133,19 @@ def test_a_quote_that_is_not_committed_is_not_executed(sandbox):
     assert execute_quote(str(quote.pk))["outcome"] == "noop"
     assert not Execution.objects.filter(quote=quote).exists()
     assert sandbox.balance(recipient) == 0
+
+
+def test_two_quotes_with_identical_instructions_are_two_transactions(sandbox):
+    """Same payer, recipient, amount and (likely) blockhash: only the per-execution memo
+    keeps the second from being the first transaction's replay."""
+    recipient = Keypair().pubkey()
+    ix = spl.sol_transfer(sandbox.treasury, recipient, 2_000_000)
+    first = make_committed_quote(instructions=[ix], outflow_lamports=2_000_000)
+    second = make_committed_quote(instructions=[ix], outflow_lamports=2_000_000)
+
+    assert execute_quote(str(first.pk))["outcome"] == "confirmed"
+    assert execute_quote(str(second.pk))["outcome"] == "confirmed"
+
+    signatures = {Execution.objects.get(quote=q).signature for q in (first, second)}
+    assert len(signatures) == 2
+    assert sandbox.balance(recipient) == 4_000_000
