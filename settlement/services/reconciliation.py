@@ -298,10 +298,12 @@ def check_chain_transactions() -> CheckResult:
         return result.close(f"Solana unavailable after {checked} executions")
     payouts_checked = _check_withdrawal_payouts(result, since)
     refunds_checked = _check_refund_payouts(result, since)
+    payments_checked = _check_incoming_payments(result, since)
     result.details.update({"executions": checked, "withdrawals": payouts_checked,
-                           "refund_payouts": refunds_checked, "lookback_days": CHAIN_TX_LOOKBACK.days})
-    return result.close(f"{checked} executions, {payouts_checked} withdrawals and {refunds_checked} "
-                        "refund payouts match the chain")
+                           "refund_payouts": refunds_checked, "payments": payments_checked,
+                           "lookback_days": CHAIN_TX_LOOKBACK.days})
+    return result.close(f"{checked} executions, {payouts_checked} withdrawals, {refunds_checked} "
+                        f"refund payouts and {payments_checked} incoming payments match the chain")
 
 
 def _check_withdrawal_payouts(result: CheckResult, since: dt.datetime) -> int:
@@ -341,6 +343,35 @@ def _check_withdrawal_payouts(result: CheckResult, since: dt.datetime) -> int:
             elif state.state != "success" or state.fee != fee:
                 result.mismatch("withdrawal payout differs on chain", withdrawal_id=withdrawal.pk,
                                 chain_state=state.state, chain_fee=state.fee, fee=fee)
+    return checked
+
+
+def _check_incoming_payments(result: CheckResult, since: dt.datetime) -> int | str:
+    """Live mode: every payment we booked is re-read from its chain (successful, final, the
+    amount we booked). Sandbox mode has no ledger to re-read: the signed transaction was the
+    evidence when it arrived, and this says so instead of counting it as checked."""
+    if settings.CHAIN_MODE != "live":
+        return "not checkable in sandbox"
+    from settlement.chains.base import ChainUnavailable, PaymentInvalid
+    from settlement.verifiers import payment_verify
+
+    checked = 0
+    for payment in FundingPayment.objects.filter(received_at__gte=since).order_by("received_at"):
+        try:
+            on_chain = payment_verify(chain=payment.chain, tx_hash=payment.tx_hash,
+                                      sender=payment.from_address)
+        except ChainUnavailable:
+            result.details.setdefault("unverified_payments", []).append(str(payment.pk))
+            continue
+        except PaymentInvalid as exc:
+            result.mismatch("booked payment is not on chain as booked", payment_id=payment.pk,
+                            tx_hash=payment.tx_hash, chain_says=exc.code)
+            continue
+        checked += 1
+        if on_chain.amount != int(payment.amount) or on_chain.asset != payment.asset:
+            result.mismatch("payment amount on chain differs from the booked one",
+                            payment_id=payment.pk, tx_hash=payment.tx_hash,
+                            chain_amount=on_chain.amount, books=payment.amount)
     return checked
 
 
@@ -397,11 +428,18 @@ def _solana_in_flight() -> dict[str, int]:
 
 
 def _payout_in_flight(chain: str) -> int:
+    """Signed payouts (withdrawals, refunds) the chain may already have, not yet booked:
+    their amount plus the most their fee can be."""
+    from settlement.payouts import payout_details_from_signed
+
     total = 0
     for withdrawal in Withdrawal.objects.filter(
             chain=chain, status__in=[WithdrawalStatus.SIGNED, WithdrawalStatus.SUBMITTED]):
         total += int(withdrawal.amount) + int((withdrawal.chain_details.get("signing") or {})
                                               .get("max_fee") or 0)
+    for refund in Refund.objects.filter(chain=chain, status=RefundStatus.SENT).exclude(signed_transaction=""):
+        details = payout_details_from_signed(chain, refund.signed_transaction)
+        total += int(refund.amount) + int(details.get("max_fee") or 0)
     return total
 
 
