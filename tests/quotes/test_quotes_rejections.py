@@ -336,3 +336,17 @@ def test_no_quotes_while_the_circuit_breaker_is_open(quote_settings, client, wor
                                                             "reason": "test"})
     assert_refused(post(client, {"instructions": work.as_json(work.memo())}), 503,
                    "CIRCUIT_BREAKER_TRIGGERED")
+
+
+def test_solana_node_unavailable_is_503_and_retryable(quote_settings, client, work, chain):
+    before = Quote.objects.count()
+    # Every read is tried twice by the backend: four refusals cover both reads.
+    chain.admin.inject_faults(unavailable=4)
+    try:
+        body = assert_refused(post(client, {"instructions": work.as_json(work.memo())}), 503,
+                              "CHAIN_UNAVAILABLE")
+    finally:
+        chain.admin.clear_faults()
+    assert "Solana" in body["error"]
+    assert Quote.objects.count() == before
+    assert post(client, {"instructions": work.as_json(work.memo())}).status_code == 201
