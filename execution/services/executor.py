@@ -132,11 +132,13 @@ def execution_start(*, quote_id: Any, actor: str = ACTOR) -> tuple[str, Executio
                 quote = lock_quote(quote_id)
             except Quote.DoesNotExist:
                 return "noop", None
-            existing = Execution.objects.filter(quote_id=quote.pk).first()
-            if quote.status == QuoteStatus.EXECUTING and existing is not None:
-                return "resumed", existing
-            if quote.status != QuoteStatus.COMMITTED or existing is not None:
+            if quote.status != QuoteStatus.COMMITTED:
+                existing = Execution.objects.filter(quote_id=quote.pk).first()
+                if quote.status == QuoteStatus.EXECUTING and existing is not None:
+                    return "resumed", existing
                 return "noop", existing
+            # Committed means never started (the execution is created in the same transaction
+            # that moves the quote on); UNIQUE(quote) would refuse a second one regardless.
             execution = Execution.objects.create(quote=quote)
             execution_record_created(execution=execution, actor=actor, quote=quote)
             try:
@@ -340,7 +342,7 @@ class _Driver:
             if submitted is None:
                 return None
             if verdict.outcome == "ok":
-                self._send(attempt)
+                self._send(attempt, counted=True)
                 crash_point("after_send")
             return submitted, attempt
         return None
@@ -355,6 +357,12 @@ class _Driver:
             fields: dict[str, Any] = {}
             if locked.submitted_at is None:
                 fields["submitted_at"] = now
+            if verdict.outcome == "ok":
+                # Counted before it happens, in the same commit: a crash right after this
+                # commit leaves "submitted, sent once (maybe)", which is what recovery assumes.
+                ExecutionAttempt.objects.filter(pk=attempt.pk).update(
+                    send_count=F("send_count") + 1, last_sent_at=now)
+                attempt.send_count, attempt.last_sent_at = attempt.send_count + 1, now
             execution_transition(
                 execution=locked, to_status=E.SUBMITTED, actor=self.actor,
                 signature=attempt.signature, fields=fields,
@@ -363,11 +371,12 @@ class _Driver:
                          "simulated_units": verdict.units_consumed})
         return locked
 
-    def _send(self, attempt: ExecutionAttempt) -> None:
-        now = timezone.now()
-        ExecutionAttempt.objects.filter(pk=attempt.pk).update(
-            send_count=F("send_count") + 1, last_sent_at=now)
-        attempt.send_count, attempt.last_sent_at = attempt.send_count + 1, now
+    def _send(self, attempt: ExecutionAttempt, *, counted: bool = False) -> None:
+        if not counted:
+            now = timezone.now()
+            ExecutionAttempt.objects.filter(pk=attempt.pk).update(
+                send_count=F("send_count") + 1, last_sent_at=now)
+            attempt.send_count, attempt.last_sent_at = attempt.send_count + 1, now
         try:
             self.backend.send_raw(bytes(attempt.signed_transaction), skip_preflight=True)
         except SolanaError as exc:
@@ -410,7 +419,7 @@ class _Driver:
             locked = lock_execution(execution.pk)
             if locked.status in FINAL:
                 return None
-            quote = lock_quote(locked.quote_id)
+            quote = locked.quote  # locked too: FOR UPDATE covers the joined quote row
             ExecutionAttempt.objects.filter(pk=attempt.pk).update(state=A.LANDED)
             recorded = {"fee_lamports": outcome.fee_lamports,
                         "compute_units_consumed": details.compute_units_consumed,
@@ -482,7 +491,7 @@ class _Driver:
             locked = lock_execution(execution.pk)
             if locked.status in FINAL:
                 return
-            quote = lock_quote(locked.quote_id)
+            quote = locked.quote  # locked too: FOR UPDATE covers the joined quote row
             if closing is not None:
                 # We hold the only copy of these bytes and never sent them: they are dead.
                 ExecutionAttempt.objects.filter(pk=closing.pk, state=A.SIGNED).update(
