@@ -22,8 +22,23 @@ Fairness knobs set for both endpoints: access logging at WARNING, throttles rais
 default per-IP quota would cap a single-host load generator), and the volume-spike breaker
 floor raised (thousands of quotes on a fresh database ARE a spike by its definition).
 
-Prints throughput (successful requests/s), p50/p95/p99 latency, errors, and the ratio.
+Prints throughput (successful requests/s), p50/p95/p99 latency, errors, the ratio, and
+the server's and sandbox's CPU milliseconds per successful request (a figure that other
+load on the machine disturbs far less than throughput does).
 Targets (issue #12): >= 500 quotes/s on 2 cores, p95 < 100 ms, >= 50% of the baseline.
+
+Measured 2026-11-21, 2 cores SHARED with other sessions' test suites (load average 6-11),
+16 clients, 20 s per endpoint (`--servers daphne,daphne-pool,gunicorn`):
+
+    server                    quotes/s  p95 ms   insert/s  p95 ms  ratio  CPU ms/quote (insert)
+    daphne (as make run)        46.1     605       98.7     299    0.47   16.8 (6.7)  + 27% / 9% 500s
+    daphne + psycopg pool       66.0     422      118.1     279    0.56   13.0 (5.1)
+    gunicorn gthread 2x4       103.9     335      411.0      87    0.25    8.8 (2.2)
+
+The 500s under daphne are "too many clients": with CONN_MAX_AGE=60, ASGI runs each sync
+request in a fresh thread that keeps its own connection. Sandbox CPU: ~0.7 ms per quote.
+A CPU profile (`--profile 300`) puts ~45% of quote_create's CPU in risk_check_quote (ORM
+compilation of a 4-subquery annotate); simulation (two RPC reads in parallel) ~15%.
 """
 
 from __future__ import annotations
