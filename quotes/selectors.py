@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from typing import Any
 
 from django.db import connection
@@ -95,3 +97,45 @@ def price_candles(*, pair: str, interval: str, start: dt.datetime | None = None,
 def _plain(value: Any) -> str:
     """A Decimal as a plain decimal string ('150', '0.1234'), never '1.5E+2'."""
     return format(value.normalize(), "f")
+
+
+_capacity_lock = threading.Lock()
+_balance_cache: dict[str, tuple[float, int]] = {}
+BALANCE_CACHE_SECONDS = 1.0
+
+
+def _treasury_lamports_cached() -> int:
+    """The treasury's live SOL balance, read at most once a second per process."""
+    from quotes.solana import get_backend, treasury_pubkey
+
+    treasury = str(treasury_pubkey())
+    now = time.monotonic()
+    with _capacity_lock:
+        cached = _balance_cache.get(treasury)
+        if cached is not None and now - cached[0] < BALANCE_CACHE_SECONDS:
+            return cached[1]
+    lamports = get_backend().balance(treasury_pubkey())
+    with _capacity_lock:
+        _balance_cache[treasury] = (time.monotonic(), lamports)
+    return lamports
+
+
+def treasury_quote_capacity() -> dict[str, Any]:
+    """The largest SOL spend a new quote can be given right now (Across's
+    `maxDepositInstant`): the live balance less what paid quotes already claim and the
+    rent-exempt reserve, capped by the per-transaction limit. For `/api/v1/treasury`
+    and clients sizing a payment before asking for a quote."""
+    from django.conf import settings
+    from django.db.models import Sum
+
+    from config.chains import whole_to_smallest
+    from quotes.services.quotes import IN_FLIGHT, TREASURY_RENT_RESERVE_LAMPORTS
+
+    committed = int(Quote.objects.filter(status__in=IN_FLIGHT)
+                    .aggregate(total=Sum("max_lamports_spend"))["total"] or 0)
+    balance = _treasury_lamports_cached()
+    available = max(0, balance - committed - TREASURY_RENT_RESERVE_LAMPORTS)
+    per_transaction = whole_to_smallest(settings.PER_TRANSACTION_LIMIT_SOL, 9)
+    return {"asset": "SOL", "max_lamports_spend": str(min(available, per_transaction)),
+            "treasury_available_lamports": str(available),
+            "per_transaction_limit_lamports": str(per_transaction)}

@@ -242,3 +242,20 @@ def test_quote_creation_query_budget(quote_settings, client, work, django_assert
         response = client.post("/api/v1/quotes", body, format="json",
                                HTTP_IDEMPOTENCY_KEY="budget-1")
     assert response.status_code == 201
+
+
+def test_treasury_capacity_is_the_balance_less_paid_quotes(quote_settings, chain, stellar_user):
+    from decimal import Decimal
+
+    from quotes.selectors import treasury_quote_capacity
+
+    quote_settings.PER_TRANSACTION_LIMIT_SOL = Decimal("1000000")
+    before = treasury_quote_capacity()
+    assert int(before["treasury_available_lamports"]) <= chain.balance(chain.treasury)
+    QuoteFactory(user=stellar_user, status="committed", max_lamports_spend=Decimal(10**9),
+                 destination_amount=Decimal(10**9))
+    after = treasury_quote_capacity()  # the balance is cached for 1 s; commitments are live
+    assert (int(before["treasury_available_lamports"]) - int(after["treasury_available_lamports"])
+            == 10**9)
+    quote_settings.PER_TRANSACTION_LIMIT_SOL = Decimal("10")
+    assert treasury_quote_capacity()["max_lamports_spend"] == str(10 * 10**9)
