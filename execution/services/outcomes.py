@@ -4,10 +4,12 @@ the execution, the quote, the ledger, the settlement or refund record and the ri
 commit together or not at all.
 
 Success:  quote executing → executed; ledger `execution:<id>` books the treasury's SOL and
-          token outflow and the fee; ledger `revenue:<quote>` earns the customer's payment;
-          a pending Settlement is opened; the spend reservation is consumed.
+          token outflow and the fee; ledger `revenue:<quote>` earns the customer's payment
+          (from customer funds, or from the locked prepaid balance for a quote paid from
+          one); a pending Settlement is opened; the spend reservation is consumed.
 Failure:  quote → failed → refund_due; a fee the chain charged anyway is booked; the
-          customer's funds move to refunds_payable and a Refund record is created; the spend
+          customer's funds move to refunds_payable and a Refund record is created (a quote
+          paid from a prepaid balance is unlocked instead, and ends `refunded`); the spend
           reservation is released; the failure counts towards the circuit breaker.
 """
 
@@ -17,13 +19,14 @@ import logging
 from dataclasses import dataclass, field
 
 from config.chains import Chain
-from execution.models import Execution, ExecutionStatus
+from execution.models import Execution
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import quote_transition
 from risk.services.breaker import breaker_record_execution_outcome
 from risk.services.limits import risk_release_execution
 from settlement.ledger import Leg, account_code, ledger_post
 from settlement.models import FundingPayment, FundingPaymentStatus
+from settlement.services.balances import balance_release_quote, balance_settle_quote
 from settlement.services.refunds import refund_create, refund_destination
 from settlement.services.settlements import settlement_open
 
@@ -86,13 +89,16 @@ def execution_book_success(*, execution: Execution, quote: Quote, outcome: Chain
                               "fee_lamports": str(outcome.fee_lamports),
                               "outflow_lamports": str(outcome.outflow_lamports)})
     _book_chain_outcome(execution=execution, quote=quote, outcome=outcome, signature=signature)
-    total = int(quote.total_cost)
-    ledger_post(reference=f"revenue:{quote.pk}", kind="revenue",
-                description=f"Quote {quote.pk} executed: the payment is earned",
-                legs=[Leg(_customer_funds_account(quote), quote.source_asset, total),
-                      Leg(account_code("revenue", quote.source_chain, quote.source_asset),
-                          quote.source_asset, -total)],
-                quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+    # A balance-funded quote is earned from the user's lock (same `revenue:<quote>`
+    # reference, so whichever entry comes first is the only one).
+    if not (quote.pay_from_balance and balance_settle_quote(quote=quote, actor=actor)):
+        total = int(quote.total_cost)
+        ledger_post(reference=f"revenue:{quote.pk}", kind="revenue",
+                    description=f"Quote {quote.pk} executed: the payment is earned",
+                    legs=[Leg(_customer_funds_account(quote), quote.source_asset, total),
+                          Leg(account_code("revenue", quote.source_chain, quote.source_asset),
+                              quote.source_asset, -total)],
+                    quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
     settlement_open(execution=execution, funding_payment=funding_payment_of(quote), actor=actor)
     # The chain's own post-transaction treasury balance, when the caller read it: the
     # breaker's hourly-outflow ratio then needs no ledger aggregate.
@@ -116,6 +122,16 @@ def execution_book_failure(*, execution: Execution, quote: Quote, reason: str, m
     details = {"execution_id": str(execution.pk), "fail_reason": reason, "error": message[:500]}
     quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.FAILED, actor=actor,
                      details=details, tx_hash=signature)
+    if quote.pay_from_balance and balance_release_quote(quote=quote, actor=actor, reason=reason):
+        pass  # the unlock is the refund: the balance service took the quote on to refunded
+    else:
+        _refund_payment(quote=quote, reason=reason, actor=actor, details=details)
+    if reserved:
+        risk_release_execution(quote=quote)
+        breaker_record_execution_outcome(success=False, quote=quote)
+
+
+def _refund_payment(*, quote: Quote, reason: str, actor: str, details: dict[str, str]) -> None:
     quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.REFUND_DUE,
                      actor=actor, details=details)
     payment = funding_payment_of(quote)
@@ -130,14 +146,7 @@ def execution_book_failure(*, execution: Execution, quote: Quote, reason: str, m
         refund_create(reason=REFUND_REASON, payment=payment, quote=quote, amount=amount,
                       destination=refund_destination(quote=quote, payment=payment), actor=actor)
     else:
-        # Paid from a prepaid balance: the lock is released by the balance service's own
-        # entry (user_locked → user_balance); nothing was received on chain to refund.
-        logger.warning("failed quote has no funding payment to refund",
-                       extra={"quote_id": str(quote.pk), "execution_id": str(execution.pk)})
-    if reserved:
-        risk_release_execution(quote=quote)
-        breaker_record_execution_outcome(success=False, quote=quote)
-
-
-def is_final(execution: Execution) -> bool:
-    return execution.status in (ExecutionStatus.CONFIRMED, ExecutionStatus.FAILED)
+        # Committed with neither a payment nor a balance lock: nothing to give back, and an
+        # operator should look at how it was committed.
+        logger.error("failed quote has no funding payment to refund",
+                     extra={"quote_id": str(quote.pk)})
