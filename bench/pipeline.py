@@ -422,6 +422,7 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
         "payments": len(ids),
         "offered_rate_per_s": args.rate,
         "workers": args.workers,
+        "broker": "redis" if args.redis else "orm",
         "submitters": args.submitters,
         "status_counts": counts,
         "submit_seconds": submitted - started,
@@ -453,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=int, default=2000, help="transactions per baseline")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--redis", default="",
+                        help="REDIS_URL for the task broker and channel layer (default: the "
+                             "embedded setup's ORM broker and PostgreSQL channel layer)")
     args = parser.parse_args(argv)
 
     os.chdir(REPO_ROOT)
@@ -477,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             "VOLUME_SPIKE_FLOOR": str(10**9),
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(REPO_ROOT),
+            "REDIS_URL": args.redis,
         })
         import django
 
@@ -520,9 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     lat = pipeline["latency"]
     print()
+    broker = f"Redis broker + layer ({args.redis})" if args.redis else "ORM broker, PostgreSQL layer"
     print("payment accepted → executed on LiteSVM (sandbox server), "
           f"{pipeline['payments']} payments offered at {args.rate:.0f}/s, "
-          f"{args.workers} qcluster workers, {os.cpu_count()} CPUs")
+          f"{args.workers} qcluster workers, {broker}, {os.cpu_count()} CPUs")
     print(f"  throughput  steady {steady:8.1f}/s   overall {pipeline['executions_per_s_overall']:8.1f}/s")
     print(f"  latency     p50 {lat['p50_ms']:7.1f} ms  p95 {lat['p95_ms']:7.1f} ms  "
           f"p99 {lat['p99_ms']:7.1f} ms  max {lat['max_ms']:7.1f} ms")
