@@ -605,6 +605,11 @@ def reconcile_run(*, triggered_by: str, progress: Progress | None = None) -> Rec
 
 
 def _reconcile(*, triggered_by: str, progress: Progress | None) -> ReconciliationReport:
+    # We hold the run lock, so a report still "running" belongs to a run that died.
+    ReconciliationReport.objects.filter(outcome=ReconciliationReport.Outcome.RUNNING).update(
+        outcome=ReconciliationReport.Outcome.ERROR, finished_at=timezone.now(),
+        checks={"abandoned": {"status": ERROR, "summary": "the run stopped before finishing",
+                              "details": {}}})
     report = ReconciliationReport.objects.create(triggered_by=triggered_by[:128])
     results: list[CheckResult] = []
     total = len(CHECKS)

@@ -184,3 +184,13 @@ def test_live_stellar_and_near_treasuries_are_compared_with_the_chain(opened_boo
     assert [(m["chain_name"], m["difference"]) for m in report.mismatches] == [("stellar", -7 * XLM)]
     assert breaker_is_open()
     assert NEAR_TREASURY  # the NEAR treasury still matched
+
+
+def test_a_report_left_running_by_a_dead_run_is_closed_by_the_next_one(opened_books):
+    abandoned = ReconciliationReport.objects.create(triggered_by="schedule")
+
+    report = reconcile_run(triggered_by="test")
+
+    abandoned.refresh_from_db()
+    assert abandoned.outcome == "error" and "abandoned" in abandoned.checks
+    assert report.outcome == "ok"
