@@ -35,7 +35,8 @@ EXECUTE_TASK = "execution.tasks.execute_quote"
 
 
 def stuck_executions(*, older_than_seconds: float, limit: int) -> list[Any]:
-    """Ids of unfinished executions untouched for `older_than_seconds`, oldest first.
+    """Ids of unfinished executions untouched for `older_than_seconds` (or flagged
+    `needs_recovery`), oldest first.
 
     SKIP LOCKED passes over rows a live worker is writing right now; the advisory lease
     taken by `execution_drive` is what keeps two drivers apart afterwards.
@@ -45,8 +46,10 @@ def stuck_executions(*, older_than_seconds: float, limit: int) -> list[Any]:
         return list(
             Execution.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(Q(status__in=[ExecutionStatus.SIGNED, ExecutionStatus.SUBMITTED])
-                    | Q(status=ExecutionStatus.PENDING, quote__status=QuoteStatus.EXECUTING),
-                    updated_at__lt=cutoff)
+                    | Q(status=ExecutionStatus.PENDING, quote__status=QuoteStatus.EXECUTING))
+            # Flagged ones (a driver gave up, or an operator asked) need not wait: a live
+            # driver still holds the lease, and recovery then just finds it busy.
+            .filter(Q(updated_at__lt=cutoff) | Q(needs_recovery=True))
             .order_by("updated_at")
             .values_list("pk", flat=True)[:limit]
         )

@@ -17,7 +17,7 @@ from solders.signature import Signature
 
 from execution.models import Execution, ExecutionAttempt
 from execution.services.recovery import execution_recover_stuck
-from execution.tasks import recover_executions
+from execution.tasks import execute_quote, recover_executions
 from quotes.models import Quote
 from settlement.models import JournalEntry
 from tests.execution.conftest import assert_books_balanced, chain_transaction_count, sol_quote
@@ -136,3 +136,23 @@ def test_a_worker_without_a_crash_point_finishes_by_itself(sandbox):
     assert "'outcome': 'confirmed'" in worker.stdout
     assert sandbox.balance(recipient) == 8_400_000
     assert execution_recover_stuck(older_than_seconds=0) == {}
+
+
+def test_a_driver_that_times_out_leaves_it_flagged_and_recovery_finishes_it(sandbox, settings):
+    settings.SOLANA_CONFIRM_TIMEOUT_SECONDS = 1
+    settings.EXECUTION_RESEND_INTERVAL_SECONDS = 3600  # the dropped send is not retried in time
+    quote, recipient = sol_quote(sandbox, 8_500_000)
+    sandbox.admin.inject_faults(drop_sends=1)
+
+    assert execute_quote(str(quote.pk))["outcome"] == "unresolved"
+    execution = Execution.objects.get(quote=quote)
+    assert (execution.status, execution.needs_recovery) == ("submitted", True)
+    assert sandbox.balance(recipient) == 0  # never failed while it could still land
+
+    settings.EXECUTION_RESEND_INTERVAL_SECONDS = 0
+    assert execution_recover_stuck() == {"confirmed": 1}  # flagged: no grace period
+
+    execution.refresh_from_db()
+    assert (execution.status, execution.needs_recovery) == ("confirmed", False)
+    assert sandbox.balance(recipient) == 8_500_000
+    assert ExecutionAttempt.objects.filter(execution=execution).count() == 1
