@@ -57,8 +57,9 @@ def main() -> int:
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def spawn(name: str, args: list[str]) -> None:
-        children.append((name, subprocess.Popen(args, cwd=BASE_DIR)))  # noqa: S603
+    def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        children.append((name, subprocess.Popen(args, cwd=BASE_DIR,  # noqa: S603
+                                                env={**os.environ, **(env or {})})))
 
     rpc = urlparse(settings.SOLANA_RPC_URL)
     if not settings.IS_LIVE and rpc.hostname in ("127.0.0.1", "localhost"):
@@ -76,7 +77,7 @@ def main() -> int:
     # No --proxy-headers: bound to loopback with no proxy in front, X-Forwarded-For would
     # only let a client choose the address the throttles and /metrics allow-list see.
     spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,
-                  "config.asgi:application"])
+                  "config.asgi:application"], env={"DB_POOL": os.environ.get("DB_POOL", "1")})
     call_command("recover_executions")  # a crash may have left work half-sent
     spawn("worker", [sys.executable, "manage.py", "qcluster"])
     if _wait_http(f"http://127.0.0.1:{port}/health", 30):

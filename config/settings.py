@@ -104,6 +104,13 @@ _db = database_settings_from_uri(DATABASE_URL)
 _db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 _db["CONN_HEALTH_CHECKS"] = True
 _db["OPTIONS"] = {"connect_timeout": 5}
+# The ASGI web process runs each sync view in a short-lived thread, so per-thread
+# persistent connections pile up ("too many clients"); a psycopg pool bounds them.
+# Forking processes (the django-q2 cluster) keep plain persistent connections instead.
+if env.bool("DB_POOL", default=False):
+    _db["CONN_MAX_AGE"] = 0
+    _db["OPTIONS"]["pool"] = {"min_size": 2, "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+                              "timeout": 10}
 # Each checkout gets its own test database, so parallel checkouts on one server don't collide.
 _db["TEST"] = {"NAME": "test_solpay_" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]
                + (f"_{env.str('TEST_DB_SUFFIX')}" if env.str("TEST_DB_SUFFIX", default="") else "")}

@@ -70,7 +70,9 @@ def running_stack(*, redis_url: str = "", extra_env: dict[str, str] | None = Non
     processes = []
     for i, command in enumerate(commands):
         log = open(logs / f"proc-{port}-{i}.log", "wb")  # noqa: SIM115 - closed with the process
-        processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,  # noqa: S603
+        # The web process pools its connections as `make run` does; the forking worker doesn't.
+        proc_env = {**env, "DB_POOL": "1"} if i == 0 else env
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=proc_env, stdout=log,  # noqa: S603
                                           stderr=subprocess.STDOUT, start_new_session=True))
     base_url = f"http://127.0.0.1:{port}"
     try:
