@@ -1,9 +1,7 @@
 """A quote paid from the prepaid balance, executed by the real executor on the sandbox: on
 success the locked funds are earned (debited once, never from customer funds); on failure
-they are unlocked and the quote ends `refunded`. Both need the executor to call
-`balance_settle_quote` / `balance_release_quote` (settlement/services/balances.py) from
-execution/services/outcomes.py; until it does these are expected failures (strict: they
-turn red the moment the integration lands, so the marker gets removed)."""
+they are unlocked and the quote ends `refunded` (the executor calls `balance_settle_quote` /
+`balance_release_quote` from execution/services/outcomes.py)."""
 
 from __future__ import annotations
 
@@ -25,14 +23,8 @@ from tests.books.books_kit import (
     sol_transfer_work,
     usdc_transfer_work,
 )
-from tests.books.test_books_randomized import _executor_earns_balance_quotes
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.xfail(not _executor_earns_balance_quotes(), strict=True,
-                      reason="the executor books every success as earned from customer funds "
-                             "and does not release a balance lock on failure yet"),
-]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_balance_funded_quote_executes_and_is_debited_once(opened_books):

@@ -26,7 +26,6 @@ Reproduce a failure with BOOKS_SEED=<seed> (and BOOKS_OPERATIONS=<n>).
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import os
 import random
 from collections import Counter
@@ -91,15 +90,6 @@ LIABILITIES = ("customer_funds:", "refunds_payable:", "unmatched_deposits:", "us
                "user_locked:", "withdrawals_payable:")
 
 
-def _executor_earns_balance_quotes() -> bool:
-    """Whether the executor books a balance-funded quote's success through the balance
-    service (balance_settle_quote). Until it does, such quotes are committed here but not
-    executed: test_balance_funded_quote_end_to_end (strict xfail) tracks the gap."""
-    from execution.services import outcomes
-
-    return "balance_settle_quote" in inspect.getsource(outcomes)
-
-
 class World:
     def __init__(self, rng: random.Random, sandbox: Any, horizon: Any, near_rpc: Any) -> None:
         self.rng = rng
@@ -117,7 +107,6 @@ class World:
         self.usdc_recipient: dict[Any, Any] = {}
         self.outcomes: Counter[str] = Counter()
         self.log: list[str] = []
-        self.execute_balance_quotes = _executor_earns_balance_quotes()
         operator = UserFactory(is_staff=True, username=f"ops-{SEED}")
         operator.user_permissions.add(Permission.objects.get(codename="approve_withdrawal"))
         self.operator = type(operator).objects.get(pk=operator.pk)
@@ -218,9 +207,7 @@ class World:
         return True
 
     def op_execute(self) -> bool:
-        candidates = [q for q in self._quotes(status="committed")
-                      if self.execute_balance_quotes or not q.pay_from_balance]
-        quote = self._pick(candidates)
+        quote = self._pick(self._quotes(status="committed"))
         if quote is None:
             return False
         sabotage = quote.pk in self.usdc_recipient and self.rng.random() < 0.35
@@ -356,8 +343,7 @@ class World:
         """Finish what can be finished: execute committed quotes, pay every refund out (the
         unmatched payments back to their payers), sweep expiries, advance settlements."""
         for quote in self._quotes(status="committed"):
-            if self.execute_balance_quotes or not quote.pay_from_balance:
-                assert execute_quote(str(quote.pk))["outcome"] in ("confirmed", "failed")
+            assert execute_quote(str(quote.pk))["outcome"] in ("confirmed", "failed")
         for payment in FundingPayment.objects.filter(status="unmatched", resolved_at__isnull=True):
             unmatched_payment_refund(payment_id=payment.pk, actor="operator:ops")
         for refund in Refund.objects.filter(status__in=["due", "approved", "sent"]):
@@ -491,16 +477,14 @@ def _assert_explained(quote: Quote, world: World) -> None:
     if quote.status == "executed":
         execution = Execution.objects.get(quote=quote)
         assert execution.status == "confirmed", context
-        assert JournalEntry.objects.filter(reference=f"revenue:{quote.pk}").exists(), context
+        earned = JournalEntry.objects.get(reference=f"revenue:{quote.pk}")
+        # Earned from the balance lock for a balance-funded quote, from customer funds else.
+        assert (earned.kind == "balance_settle") == funded_by_balance, context
         assert Settlement.objects.get(execution=execution).status == "settled", context
     elif quote.status == "refunded":
         own_refund = quote.refunds.filter(reason="execution_failed", status="completed").exists()
         released = JournalEntry.objects.filter(reference=f"balance_release:{quote.pk}").exists()
         assert own_refund or released, context
         assert Execution.objects.get(quote=quote).status == "failed", context
-    elif quote.status == "committed":
-        # Explainable only as a balance-funded quote the executor cannot earn yet.
-        assert funded_by_balance and not world.execute_balance_quotes, context
-        assert JournalEntry.objects.filter(reference=f"balance_lock:{quote.pk}").exists(), context
     else:
         assert quote.status in ("expired", "cancelled"), context
