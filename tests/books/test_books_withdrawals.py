@@ -342,3 +342,25 @@ def test_live_near_payout_is_sent_with_the_next_nonce_and_books_the_gas(near_rpc
     assert near_rpc.balance(customer.near_account) == 20 * NEAR - 10 * NEAR - NEAR_TX_FEE + 4 * NEAR
     assert account_balance(account_code("treasury", "near", "NEAR")) == 6 * NEAR - NEAR_TX_FEE
     _books_agree()
+
+
+@pytest.mark.django_db
+def test_open_circuit_breaker_holds_new_payouts_until_reset():
+    from risk.services import breaker_reset, breaker_trip
+
+    customer = Customer()
+    deposit(customer, "stellar", 100 * XLM)
+    breaker_trip(trigger="reconciliation_mismatch", reason="books differ from the chain",
+                 actor="system:reconciliation_mismatch")
+    withdrawal = withdrawal_request(user=customer.user, chain="stellar", amount=10 * XLM)
+
+    held = withdrawal_execute(withdrawal_id=withdrawal.pk)
+
+    assert held.status == "approved" and held.tx_hash is None  # nothing signed, nothing sent
+    assert balance_of(customer.user, "stellar") == (100 * XLM, 10 * XLM)
+    operator = UserFactory(is_staff=True, is_superuser=True)
+    breaker_reset(actor_user=operator, reason="reviewed")
+    Withdrawal.objects.filter(pk=withdrawal.pk).update(
+        updated_at=held.updated_at - dt.timedelta(minutes=5))
+    assert withdrawals_resume() == {"completed": 1}
+    assert balance_of(customer.user, "stellar") == (90 * XLM, 0)
