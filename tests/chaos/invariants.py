@@ -221,6 +221,12 @@ def invariant_report(*, chain: bool = True, reconcile: bool = True) -> dict[str,
         "facts": {"quotes": quote_status_counts(),
                   "executions": dict(Execution.objects.values("status").annotate(n=Count("id"))
                                      .values_list("status", "n")),
+                  "failed_executions": [
+                      {"execution_id": str(e.pk), "fail_reason": e.fail_reason,
+                       "error": e.error_message[:300],
+                       "history": [(t.at.isoformat()[11:23], t.actor, t.to_status, t.details)
+                                   for t in e.transitions.all()]}
+                      for e in Execution.objects.filter(status="failed").order_by("updated_at")[:10]],
                   "payments": FundingPayment.objects.count(),
                   "journal_entries": JournalEntry.objects.count()},
     }

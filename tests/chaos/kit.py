@@ -62,3 +62,30 @@ def report_figures(test: str, figures: dict[str, Any]) -> None:
     print(f"\nCHAOS FIGURES {line}")
     with open(log_dir() / "figures.jsonl", "a") as out:
         out.write(line + "\n")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.chaos.kit recover`: fire the periodic recovery jobs now against the
+    database in DATABASE_URL (for stacks on a database this test process does not use)."""
+    import os
+    import sys
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django.setup()
+    if argv[:1] != ["recover"]:
+        print("usage: python -m tests.chaos.kit recover", file=sys.stderr)
+        return 2
+    from execution.services.recovery import execution_recover_stuck, execution_resume_waiting
+
+    driven = execution_recover_stuck(older_than_seconds=1.0, budget_seconds=20.0)
+    enqueued = execution_resume_waiting(older_than_seconds=0.0)
+    print(json.dumps({"recovered": driven, "re_enqueued": enqueued}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
