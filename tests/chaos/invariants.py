@@ -226,7 +226,7 @@ def invariant_report(*, chain: bool = True, reconcile: bool = True) -> dict[str,
                        "error": e.error_message[:300],
                        "history": [(t.at.isoformat()[11:23], t.actor, t.to_status, t.details)
                                    for t in e.transitions.all()]}
-                      for e in Execution.objects.filter(status="failed").order_by("updated_at")[:10]],
+                      for e in Execution.objects.filter(status="failed").order_by("updated_at")[:50]],
                   "payments": FundingPayment.objects.count(),
                   "journal_entries": JournalEntry.objects.count()},
     }
