@@ -18,7 +18,6 @@ only make a quote too high (never too low), and the executor re-simulates agains
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import threading
 from dataclasses import dataclass, field
@@ -76,12 +75,6 @@ def get_backend() -> SolanaBackend:
             _backend = SolanaBackend(settings.SOLANA_RPC_URL,
                                      timeout=settings.SOLANA_RPC_TIMEOUT_SECONDS)
         return _backend
-
-
-@functools.lru_cache(maxsize=1)
-def _reader_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=16,
-                                                 thread_name_prefix="quote-prestate")
 
 
 @functools.lru_cache(maxsize=4)
@@ -157,10 +150,8 @@ def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) 
     # The node replaces the blockhash and skips signature checks: no signature is needed.
     tx = VersionedTransaction.populate(message, [Signature.default()])
     try:
-        # Both reads at once: half the latency, and a narrower window between them.
-        pending_before = _reader_pool().submit(backend.accounts, watched)
+        before = backend.accounts(watched)
         result = backend.simulate(tx, watched, replace_recent_blockhash=True)
-        before = pending_before.result()
     except SolanaUnavailable:
         raise ChainUnavailable() from None
     except SolanaError as exc:
@@ -173,25 +164,32 @@ def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) 
                                      details={"units_consumed": result.units_consumed,
                                               "estimated_compute_units": cu_limit})
     fee = execution_fee_lamports(cu_limit, cu_price)
+    # The outflow is measured on the receiving side: only the treasury signs, so every
+    # lamport or token the work moves out of it lands in one of the other writable
+    # accounts (or is the fee). The treasury's own balance keeps changing as other
+    # executions land between our read and the simulation, so measuring its delta would
+    # price someone else's transfer into this quote; the receivers are untouched by them.
     pre_treasury = before.get(treasury)
-    post_treasury = result.post_accounts.get(treasury)
     pre_lamports = pre_treasury.lamports if pre_treasury else 0
-    post_lamports = post_treasury.lamports if post_treasury else 0
-    outflow = max(0, pre_lamports - post_lamports - fee)
-
+    outflow = 0
     token_outflows: dict[str, int] = {}
     token_balances: dict[str, int] = {}
     for pubkey in watched[1:]:
-        pre_state = _token_state(before.get(pubkey))
-        if pre_state is None or pre_state.owner != treasury:
+        pre_account, post_account = before.get(pubkey), result.post_accounts.get(pubkey)
+        outflow += ((post_account.lamports if post_account else 0)
+                    - (pre_account.lamports if pre_account else 0))
+        pre_state, post_state = _token_state(pre_account), _token_state(post_account)
+        if pre_state is not None and pre_state.owner == treasury:
+            mint = str(pre_state.mint)
+            token_balances[mint] = token_balances.get(mint, 0) + pre_state.amount
             continue
-        post_state = _token_state(result.post_accounts.get(pubkey))
-        post_amount = post_state.amount if post_state is not None else 0
-        mint = str(pre_state.mint)
-        token_balances[mint] = token_balances.get(mint, 0) + pre_state.amount
-        spent = pre_state.amount - post_amount
-        if spent > 0:
-            token_outflows[mint] = token_outflows.get(mint, 0) + spent
+        if post_state is None or post_state.owner == treasury:
+            continue
+        received = post_state.amount - (pre_state.amount if pre_state is not None else 0)
+        if received > 0:
+            mint = str(post_state.mint)
+            token_outflows[mint] = token_outflows.get(mint, 0) + received
+    outflow = max(0, outflow)
     return WorkCost(fee_lamports=fee, treasury_outflow_lamports=outflow,
                     token_outflows=token_outflows, treasury_lamports=pre_lamports,
                     treasury_token_balances=token_balances,

@@ -30,15 +30,11 @@ class MispricedQuotes(AssertionError):
     pass
 
 
-PRICING_RACE = (
-    "KNOWN BUG (quotes/solana.py work_cost, commit 4c5c086): the treasury's pre-state is "
-    "read in parallel with the simulation, so a transaction landing between the two reads "
-    "can be subtracted from (or added to) this quote's outflow; the docstring's 'can only "
-    "make a quote too high' holds only when the pre-state is read first. Measuring the "
-    "other writable accounts, as execution/services/guard.py does, avoids the race.")
+# Regression guard: work_cost once read the treasury's pre-state in parallel with the
+# simulation, so a transaction landing between the two reads leaked into this quote's
+# price. It now reads the pre-state before and after simulating and retries on change.
 
 
-@pytest.mark.xfail(raises=MispricedQuotes, strict=True, reason=PRICING_RACE)
 def test_quotes_priced_while_transactions_land_cost_exactly_their_own_work(chain, settings):
     treasury = Keypair.from_base58_string(settings.SOLANA_TREASURY_KEY)
     sink = Keypair().pubkey()
