@@ -8,10 +8,14 @@ held by daphne. Consumers forward `{"type": "event.forward", "event": {...}}` me
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+from collections.abc import Coroutine
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -19,6 +23,53 @@ logger = logging.getLogger(__name__)
 
 # Hooks run after commit for every published event (outgoing client webhooks, metrics).
 _after_publish: list[Any] = []
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+class _PublisherLoop:
+    """One long-lived event loop per process for publishing from plain sync code.
+
+    Channel layers keep loop-bound state (channels-postgres holds a psycopg async pool
+    whose refill tasks live on the loop that opened it). `async_to_sync` from a sync
+    process (the django-q2 worker) makes a new loop per call, so once a database restart
+    kills the pool's connections nothing could refill them and every publish hung. Here
+    the layer is only ever used from this one loop, which keeps running. Re-created
+    after a fork (django-q2 forks its workers).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop = asyncio.new_event_loop()
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="event-publisher",
+                                 daemon=True).start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(PUBLISH_TIMEOUT_SECONDS)
+
+
+_publisher = _PublisherLoop()
+
+
+def _group_send_all(groups: list[str], message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+
+    async def send_all() -> None:
+        for group in groups:
+            await layer.group_send(group, message)
+
+    if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
+        # A sync view under daphne: publish on the server's own loop, where the layer lives.
+        async_to_sync(send_all)()
+    else:
+        _publisher.run(send_all())
 
 
 def quote_group(quote_id: Any) -> str:
@@ -34,13 +85,10 @@ def on_publish(hook: Any) -> None:
 
 
 def _send(groups: list[str], event: dict[str, Any], user_id: Any) -> None:
-    layer = get_channel_layer()
-    for group in groups:
-        try:
-            if layer is not None:
-                async_to_sync(layer.group_send)(group, {"type": "event.forward", "event": event})
-        except Exception:  # a dead layer must not break the write path; clients resync on connect
-            logger.exception("event publish failed", extra={"group": group})
+    try:
+        _group_send_all(groups, {"type": "event.forward", "event": event})
+    except Exception:  # a dead layer must not break the write path; clients resync on connect
+        logger.exception("event publish failed", extra={"groups": groups})
     from users.notifications import notify_enqueue
 
     for hook in (notify_enqueue, *_after_publish):

@@ -350,6 +350,8 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "django_q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
+        # Warns on every publish to a group nobody watches right now: normal for us.
+        "channels_postgres": {"level": "ERROR"},
         "daphne": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
