@@ -100,6 +100,9 @@ class Service:
         assert self.proc is not None
         return self.proc.pid
 
+    def assert_alive(self) -> None:
+        assert self.alive, f"{self.name} exited with {self.proc and self.proc.returncode}:\n{self.log_tail()}"
+
     def kill(self) -> None:
         """SIGKILL the process group: no cleanup, no goodbye to the database."""
         if self.proc is None:

@@ -55,7 +55,7 @@ def test_worker_killed_at_random_points_executes_every_quote_exactly_once(chain,
 
         # Slow answers stretch each execution over several RPC round trips, so the kills
         # land between its steps rather than between executions.
-        chain.admin.inject_faults(slow_requests=1_000_000, slow_ms=25)
+        chain.admin.inject_faults(slow_requests=1_000_000, slow_ms=40)
         for quote, _, _ in planned:
             assert customer.pay(quote)["status"] == "committed"
         paid_at = clock()
@@ -67,7 +67,7 @@ def test_worker_killed_at_random_points_executes_every_quote_exactly_once(chain,
             steps = ExecutionTransition.objects.count()
             wait_until(lambda steps=steps: ExecutionTransition.objects.count() > steps
                        or all_terminal(quote_ids), timeout=30, interval=0.05,
-                       what="the worker executing again")
+                       on_tick=stack.worker.assert_alive, what="the worker executing again")
             if all_terminal(quote_ids):
                 break
             time.sleep(rng.uniform(0.5, 1.5))
@@ -101,7 +101,7 @@ def test_worker_killed_at_random_points_executes_every_quote_exactly_once(chain,
     assert chain_transaction_count(chain) - transactions_before == QUOTES
     assert Execution.objects.count() == QUOTES
     assert ExecutionAttempt.objects.filter(state="landed").count() == QUOTES
-    assert len(kills) >= KILLS - 1, kills
+    assert len(kills) >= 4, f"the work ended before enough kills: {kills}"
     assert sum(1 for k in kills if k["in_flight"]) >= 3, f"too few kills caught executions in flight: {kills}"
     report = assert_invariants()
 
