@@ -121,8 +121,27 @@ class QuoteOutput(serializers.Serializer):
     payment = PaymentOutput()
     signature = serializers.CharField(
         help_text="base58 ed25519 signature over the canonical JSON of this body without "
-                  "`signature` and `status` (sorted keys, no spaces, UTF-8); public key at "
+                  "`signature`, `status` and `execution` (sorted keys, no spaces, UTF-8); "
+                  "public key at "
                   "GET /api/v1/treasury")
+
+
+class ExecutionOutput(serializers.Serializer):
+    status = serializers.CharField(help_text="pending | signed | submitted | confirmed | failed")
+    signature = serializers.CharField(allow_null=True, help_text="Solana transaction signature")
+    fail_reason = serializers.CharField(allow_null=True)
+    error_message = serializers.CharField(allow_null=True)
+    fee_lamports = serializers.CharField(allow_null=True, help_text="fee the chain charged")
+    compute_units_consumed = serializers.IntegerField(allow_null=True)
+    treasury_outflow_lamports = serializers.CharField(allow_null=True)
+    attempts = serializers.IntegerField()
+    slot = serializers.IntegerField(allow_null=True)
+    submitted_at = serializers.DateTimeField(allow_null=True)
+    executed_at = serializers.DateTimeField(allow_null=True)
+
+
+class QuoteDetailOutput(QuoteOutput):
+    execution = ExecutionOutput(allow_null=True, help_text="null until the quote is paid")
 
 
 class SeedQuoteOutput(serializers.Serializer):

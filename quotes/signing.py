@@ -5,8 +5,8 @@ Canonical form (what is signed), documented for clients in the OpenAPI descripti
     UTF-8 bytes of json.dumps(payload, sort_keys=True, separators=(",", ":"),
                               ensure_ascii=False)
 
-where `payload` is the quote's 201 response body WITHOUT the `signature` and `status`
-fields (status changes over the quote's life; everything signed never does). Amounts are
+where `payload` is the quote's response body WITHOUT the `signature`, `status` and
+`execution` fields (those change over the quote's life; everything signed never does). Amounts are
 decimal strings, timestamps ISO 8601 UTC with a `Z` suffix, exactly as the response shows
 them, so a client re-serializes the body it received and verifies with the public key
 published at `GET /api/v1/treasury` (base58, like a Solana address). The signature is
@@ -25,7 +25,7 @@ import base58
 from django.conf import settings
 from nacl.signing import SigningKey
 
-UNSIGNED_FIELDS = ("signature", "status")
+UNSIGNED_FIELDS = ("signature", "status", "execution")
 
 
 def canonical_json(payload: dict[str, Any]) -> bytes:

@@ -23,11 +23,13 @@ from config.api_docs import (
 )
 from config.idempotency import idempotent
 from config.throttling import QuoteIpThrottle, QuoteUserThrottle
+from execution.selectors import execution_summary
 from quotes import selectors
 from quotes.serializers import (
     CandleOutput,
     OhlcQuery,
     QuoteCreateInput,
+    QuoteDetailOutput,
     QuoteListQuery,
     QuoteOutput,
     SeedQuoteInput,
@@ -105,9 +107,10 @@ class QuotesView(APIView):
 
 class QuoteDetailView(APIView):
     @extend_schema(operation_id="quotes_retrieve", summary="One of the caller's quotes",
-                   responses={200: QuoteOutput, **error_responses("QUOTE_NOT_FOUND")})
+                   responses={200: QuoteDetailOutput, **error_responses("QUOTE_NOT_FOUND")})
     def get(self, request: Request, quote_id: Any) -> Response:
-        return Response(quote_response(quote_get_for_user(user=request.user, quote_id=quote_id)))
+        quote = quote_get_for_user(user=request.user, quote_id=quote_id)
+        return Response({**quote_response(quote), "execution": execution_summary(quote)})
 
 
 class QuoteCancelView(APIView):
