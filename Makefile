@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt demo chaos fuzz bench install clean-data
+.PHONY: run test lint fmt demo chaos soak fuzz bench install clean-data
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -34,7 +34,11 @@ demo: $(STAMP)
 	$(PY) -m bench.demo
 
 chaos: $(STAMP)
-	$(PY) -m pytest -m chaos tests/chaos -v
+	$(PY) -m pytest -m chaos tests/chaos -v -rxX $(PYTEST_ARGS)
+	@echo "figures of each run: .data/chaos-logs/figures.jsonl; server logs: .data/chaos-logs/"
+
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 fuzz: $(STAMP)
 	$(PY) -m pytest tests/api/test_schemathesis.py -v
