@@ -100,16 +100,6 @@ def quote_status_event(quote: Quote, *, previous: str | None, at: Any = None) ->
 
 
 def _execution_summary(quote: Quote) -> dict[str, Any] | None:
-    from execution.models import Execution
+    from execution.selectors import execution_summary
 
-    execution = Execution.objects.filter(quote_id=quote.pk).only(
-        "status", "signature", "fail_reason", "error_message", "confirmed_at").first()
-    if execution is None:
-        return None
-    return {
-        "status": execution.status,
-        "signature": execution.signature or None,
-        "fail_reason": execution.fail_reason or None,
-        "error_message": execution.error_message or None,
-        "confirmed_at": execution.confirmed_at.isoformat() if execution.confirmed_at else None,
-    }
+    return execution_summary(quote)
