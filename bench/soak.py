@@ -180,12 +180,16 @@ class TargetStack:
 # -- process memory ---------------------------------------------------------------------------
 
 
-def tree_memory(pid: int) -> tuple[int, int]:
+# The launcher's children are measured on their own: count it alone, not as a tree.
+SINGLE_PROCESS = {"launcher"}
+
+
+def tree_memory(pid: int, *, tree: bool = True) -> tuple[int, int]:
     """(RSS, PSS) of a process and its descendants, in bytes. PSS shares shared pages out,
     so it does not count PostgreSQL's shared buffers once per backend."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *root.children(recursive=True)] if tree else [root]
     except psutil.NoSuchProcess:
         return 0, 0
     rss = pss = 0
@@ -207,7 +211,7 @@ class MemoryWatch(threading.Thread):
     def sample(self) -> None:
         now = time.monotonic()
         for name, pid in self.pids.items():
-            rss, pss = tree_memory(pid)
+            rss, pss = tree_memory(pid, tree=name not in SINGLE_PROCESS)
             if rss:
                 self.samples[name].append((now, rss, pss))
 
@@ -471,6 +475,9 @@ def print_report(report: dict[str, Any]) -> None:
               f"{mem['rss_growth_pct']:>+6.1f}%"
               f"   {mem['pss_start_mib']:>7.1f} → {mem['pss_end_mib']:>7.1f} MiB")
     print(f"paid quotes at the end: {report['final_statuses']}")
+    failed = report["invariants"].get("facts", {}).get("failed_executions") or []
+    if failed:
+        print(f"failed executions (refunded): {dict(Counter(f['fail_reason'] for f in failed))}")
     inv = report["invariants"]
     print(f"invariants: {'OK' if inv.get('ok') else 'BROKEN'} "
           f"({', '.join(inv.get('checked', []))}) facts={json.dumps(inv.get('facts', {}).get('quotes'))}")
