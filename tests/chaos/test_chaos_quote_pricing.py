@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]
 
 QUOTES = 80
 AMOUNT = 1_000_000  # lamports per quoted transfer
-LANDING = 20_000_000  # lamports per concurrent treasury transfer
+LANDING = 5_000_000  # lamports per concurrent treasury transfer
 
 
 class MispricedQuotes(AssertionError):
