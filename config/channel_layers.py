@@ -5,12 +5,15 @@ test database pytest-django switches to."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels_postgres.core import PostgresChannelLayer
 
 
 class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
+    _listener: asyncio.Task[None] | None = None
+
     def __init__(self, **config: Any) -> None:
         from django.db import connections
 
@@ -20,3 +23,19 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
         database["PSYCOPG_OPTIONS"] = config.pop("PSYCOPG_OPTIONS", {"min_size": 1,
                                                                      "max_size": 4})
         super().__init__(**database, **config)
+
+    def _get_or_create_listener_task(self) -> tuple[asyncio.Event, bool]:
+        """One LISTEN task per event loop, restarted if it died.
+
+        channels-postgres 1.1.4 only checks an Event its listener sets once LISTEN runs,
+        so every receive() before that started another listener: 64 sockets connecting
+        at once (a crowd reconnecting after a restart) gave 64 LISTEN connections and
+        every message delivered 64 times per socket (measured by bench/ws.py).
+        """
+        loop = asyncio.get_running_loop()
+        listener = self._listener
+        if listener is None or listener.get_loop() is not loop or listener.done():
+            self.listener_task_is_running = asyncio.Event()
+            self.event_loop = loop
+            self._listener = loop.create_task(self.listen_to_all_channels())
+        return self.listener_task_is_running, False

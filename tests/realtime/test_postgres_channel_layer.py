@@ -1,0 +1,47 @@
+"""The PostgreSQL channel layer under a crowd of concurrent receivers (sockets connecting
+at once): one LISTEN connection per process, and each message delivered exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from config.channel_layers import DefaultDatabaseChannelLayer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+RECEIVERS = 30
+
+
+@sync_to_async
+def listen_connections() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND query ILIKE 'LISTEN%%'")
+        return int(cursor.fetchone()[0])
+
+
+async def test_concurrent_receivers_share_one_listener_and_get_each_message_once():
+    layer = DefaultDatabaseChannelLayer()
+    channels = [await layer.new_channel() for _ in range(RECEIVERS)]
+    for channel in channels:
+        await layer.group_add("crowd", channel)
+
+    async def drain(channel: str) -> list[dict]:
+        received = [await layer.receive(channel)]
+        try:  # anything more within a moment would be a duplicate
+            received.append(await asyncio.wait_for(layer.receive(channel), 0.5))
+        except TimeoutError:
+            pass
+        return received
+
+    receivers = [asyncio.create_task(drain(c)) for c in channels]
+    await asyncio.sleep(1.0)  # every receive() is waiting before anything is sent
+    assert await listen_connections() == 1
+    await layer.group_send("crowd", {"type": "event.forward", "event": {"n": 1}})
+    results = await asyncio.wait_for(asyncio.gather(*receivers), 15)
+    assert [len(r) for r in results] == [1] * RECEIVERS
+    assert all(r[0]["event"] == {"n": 1} for r in results)
