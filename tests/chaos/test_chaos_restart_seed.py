@@ -28,16 +28,11 @@ class BooksDriftOnRestart(AssertionError):
     pass
 
 
-RESEED_BUG = (
-    "KNOWN BUG (settlement/services/treasury.py treasury_seed_sandbox + "
-    "execution/solana/spl.py setup_demo_usdc): every start mints the treasury's USDC back up "
-    "to the opening amount ('only the shortfall is minted, safe on every start') while the "
-    "opening is booked once per reference, so the re-minted shortfall is never booked and "
-    "reconciliation trips the breaker after a restart. Book the minted shortfall as "
-    "inventory, or mint only when the account is created.")
+# Regression guard: every start once minted the treasury's USDC back up to the opening
+# amount while the opening was booked once, so a restart put books and chain apart. The
+# seed now funds and books together, once, booking what the chain holds.
 
 
-@pytest.mark.xfail(raises=BooksDriftOnRestart, strict=True, reason=RESEED_BUG)
 def test_restarting_make_run_after_spending_usdc_keeps_books_equal_to_chain(settings):
     url, stop = serve_in_thread(port=0)  # a chain of its own: this test seeds it twice
     backend = SolanaBackend(url)
