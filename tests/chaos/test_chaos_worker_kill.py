@@ -1,6 +1,6 @@
 """The worker SIGKILLed at random points while it executes paid quotes.
 
-30 quotes are created and paid over real HTTP (daphne); each payment commits its quote and
+40 quotes are created and paid over real HTTP (daphne); each payment commits its quote and
 enqueues its execution. The whole django-q2 cluster (every process of it) is then killed
 with SIGKILL every 0.5-1.5 s, several times, and started again; the Solana RPC answers a
 little slowly so executions are caught between signing, sending and confirming. Then the
@@ -34,7 +34,7 @@ from tests.chaos.kit import (
 
 pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]
 
-QUOTES = 30
+QUOTES = 40
 KILLS = 6
 
 
