@@ -237,6 +237,10 @@ class PrivatePostgres:
         self._ctl("restart")
 
     def close(self) -> None:
+        # Stop it ourselves: after a restart the wheel's handle still points at the first
+        # postmaster (gone), so its own cleanup would leave the new one running.
+        with contextlib.suppress(Exception):
+            self.stop()
         with contextlib.suppress(Exception):
             self.server.cleanup()
         shutil.rmtree(self.root, ignore_errors=True)
