@@ -349,7 +349,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        "django_q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
+        # django-q2 logs as "django-q" (with a hyphen).
+        "django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
         # Warns on every publish to a group nobody watches right now: normal for us.
         "channels_postgres": {"level": "ERROR"},
         "daphne": {"level": "WARNING"},

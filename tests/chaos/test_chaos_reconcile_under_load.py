@@ -36,18 +36,11 @@ class FalseReconciliationMismatch(AssertionError):
     pass
 
 
-SNAPSHOT_BUG = (
-    "KNOWN BUG (settlement/services/reconciliation.py check_quotes_and_payments): it reads "
-    "quotes, payments, executions and postings in separate autocommit queries, each its own "
-    "snapshot, so a payment committing or an execution finishing between two of them reads "
-    "as 'verified payment committed a quote that is not paid', 'customer funds differ from "
-    "paid quotes awaiting execution' or 'confirmed execution whose quote is not executed'. "
-    "The scheduled run then trips the circuit breaker under load (seen in the soak at 10 "
-    "journeys/s). Read the books in one REPEATABLE READ transaction (one snapshot), or "
-    "re-check a mismatch before reporting it.")
+# Regression guard: the books checks once read quotes, payments, executions and postings
+# in separate autocommit snapshots, so commits landing between two reads showed up as
+# false mismatches that tripped the breaker under load. They now read one snapshot.
 
 
-@pytest.mark.xfail(raises=FalseReconciliationMismatch, strict=True, reason=SNAPSHOT_BUG)
 def test_reconciliation_during_payments_and_executions_reports_no_false_mismatch(chain, opened_books):
     mismatches: list[dict] = []
     checks = [0]
