@@ -23,6 +23,10 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
         database["PSYCOPG_OPTIONS"] = config.pop("PSYCOPG_OPTIONS", {"min_size": 1,
                                                                      "max_size": 4})
         super().__init__(**database, **config)
+        # Group removal goes through the Django ORM under an alias of the library's own
+        # ('channels_postgres'), which we don't define: every socket disconnect failed.
+        # Use the default connection, the database this layer already talks to.
+        self.django_db.using = "default"
 
     def _get_or_create_listener_task(self) -> tuple[asyncio.Event, bool]:
         """One LISTEN task per event loop, restarted if it died.

@@ -44,3 +44,13 @@ async def test_concurrent_receivers_share_one_listener_and_get_each_message_once
     results = await asyncio.wait_for(asyncio.gather(*receivers), 15)
     assert [len(r) for r in results] == [1] * RECEIVERS
     assert all(r[0]["event"] == {"n": 1} for r in results)
+
+
+async def test_leaving_a_group_works_and_stops_delivery():
+    layer = DefaultDatabaseChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("leavers", channel)
+    await layer.group_discard("leavers", channel)  # what every socket disconnect does
+    await layer.group_send("leavers", {"type": "event.forward", "event": {"n": 2}})
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 1.0)
