@@ -1,9 +1,5 @@
 """Per-user access: someone else's quote id answers 404 QUOTE_NOT_FOUND, never its data, and
-nothing about it changes.
-
-NOTE: the quote routes (GET /api/v1/quotes/{id}, POST .../cancel, POST .../payment) are being
-built concurrently in the quotes/settlement apps; this test fails with 404 NOT_FOUND (no such
-route) until they land. It is deliberately neither skipped nor xfailed.
+nothing about it changes (read, cancel and pay, through the real quote and payment routes).
 """
 
 from __future__ import annotations
