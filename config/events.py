@@ -21,8 +21,6 @@ from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
-# Hooks run after commit for every published event (outgoing client webhooks, metrics).
-_after_publish: list[Any] = []
 PUBLISH_TIMEOUT_SECONDS = 5.0
 
 
@@ -80,10 +78,6 @@ def user_group(user_id: Any) -> str:
     return f"user.{user_id}"
 
 
-def on_publish(hook: Any) -> None:
-    _after_publish.append(hook)
-
-
 def _send(groups: list[str], event: dict[str, Any], user_id: Any) -> None:
     try:
         _group_send_all(groups, {"type": "event.forward", "event": event})
@@ -91,11 +85,10 @@ def _send(groups: list[str], event: dict[str, Any], user_id: Any) -> None:
         logger.exception("event publish failed", extra={"groups": groups})
     from users.notifications import notify_enqueue
 
-    for hook in (notify_enqueue, *_after_publish):
-        try:
-            hook(user_id, event)
-        except Exception:
-            logger.exception("after-publish hook failed")
+    try:  # the user's notify URL gets the same event (outgoing client webhooks)
+        notify_enqueue(user_id, event)
+    except Exception:
+        logger.exception("client notification enqueue failed")
 
 
 def publish_after_commit(*, event: dict[str, Any], user_id: Any, quote_id: Any = None) -> None:
