@@ -24,7 +24,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -65,20 +65,26 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 # -- process memory --------------------------------------------------------------------------
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """RSS of a process and all its descendants (a django-q2 cluster is several processes)."""
+def tree_sum(pid: int, measure: Callable[[psutil.Process], float]) -> float:
+    """`measure` summed over a process and all its descendants (a django-q2 cluster is
+    several processes); processes that exit meanwhile count as nothing."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0
-    total = 0
+    total = 0.0
     for proc in processes:
         try:
-            total += proc.memory_info().rss
+            total += measure(proc)
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of a process and all its descendants."""
+    return int(tree_sum(pid, lambda proc: proc.memory_info().rss))
 
 
 @dataclass

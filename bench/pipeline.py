@@ -58,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import StellarWallet, latency_summary, percentile  # noqa: E402
+from bench.common import StellarWallet, latency_summary, percentile, tree_sum  # noqa: E402
 
 AMOUNT_LAMPORTS = 1_000_000  # 0.001 SOL: above the rent-exempt minimum of a new account
 BENCH_DB_NAME = "solpay_bench_pipeline"
@@ -244,23 +244,10 @@ def _cpu_snapshot(qcluster_pid: int, children: Children) -> dict[str, float]:
     """CPU seconds so far of the qcluster tree, the sandbox server, and the PostgreSQL
     backends serving the bench database that live through the run (the executor's;
     the submitters' connections come and go and are not counted)."""
-    import psutil
     from django.db import connection
 
     def tree(pid: int) -> float:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for proc in procs:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
+        return tree_sum(pid, lambda proc: sum(proc.cpu_times()[:2]))  # user + system
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
