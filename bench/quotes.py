@@ -75,13 +75,6 @@ from config.settings import *  # noqa: F401,F403
 
 ROOT_URLCONF = "bench_quotes_urls"
 
-import os as _os
-
-if _os.environ.get("BENCH_DB_POOL"):
-    # psycopg's pool instead of one connection per request thread (ASGI) or per worker.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
-    DATABASES["default"]["OPTIONS"] = {**DATABASES["default"]["OPTIONS"],  # noqa: F405
-                                       "pool": {"min_size": 4, "max_size": 16, "timeout": 10}}
 '''
 URLS_SOURCE = '''
 """The real URL map plus `POST /bench/insert`: a trivial authenticated DRF insert."""
@@ -232,18 +225,45 @@ class Load:
 # -- servers --------------------------------------------------------------------------------
 
 
-def start_server(kind: str, port: int, env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+MAKE_RUN = "make-run"
+SERVER_KINDS = {
+    MAKE_RUN: "exactly what `make run` serves: config.launcher's web processes (daphne, "
+              "one per core unless WEB_PROCESSES) on one shared socket, its environment",
+    "daphne-1": "ONE daphne process with the psycopg pool (make run before #12's fix)",
+    "uvicorn": "uvicorn (ASGI, httptools) processes on one shared socket, same count and "
+               "environment as make-run (report only; if installed)",
+    "gunicorn": "gunicorn gthread workers x 4 threads, WSGI (no WebSocket; report only; "
+                "if installed)",
+}
+
+
+def start_server(kind: str, port: int, env: dict[str, str],
+                 processes: int) -> list[subprocess.Popen[bytes]]:
+    """The server processes for `kind`, listening on 127.0.0.1:`port`."""
+    from config.launcher import WEB_ENV_DEFAULTS, web_command, web_listener
+
     python = sys.executable
-    if kind in ("daphne", "daphne-pool"):  # how `make run` serves HTTP (+ a DB pool)
-        args = [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--proxy-headers",
-                "config.asgi:application"]
-    elif kind == "gunicorn":
-        args = [python, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-                "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
-                "--keep-alive", "30", "config.wsgi:application"]
-    else:
+    server_env = {**env, **{k: os.environ.get(k, v) for k, v in WEB_ENV_DEFAULTS.items()}}
+    if kind == "gunicorn":
+        return [subprocess.Popen(  # noqa: S603 - fixed argv
+            [python, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(processes),
+             "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
+             "--keep-alive", "30", "config.wsgi:application"],
+            cwd=BASE_DIR, env={**env, "DB_POOL": "0"})]
+    if kind not in SERVER_KINDS:
         raise SystemExit(f"unknown server {kind}")
-    return subprocess.Popen(args, cwd=BASE_DIR, env=env)  # noqa: S603 - fixed argv
+    with web_listener("127.0.0.1", port) as listener:
+        fd = listener.fileno()
+        if kind == MAKE_RUN:
+            command = web_command(listener)
+        elif kind == "daphne-1":
+            command, processes = web_command(listener), 1
+        else:  # uvicorn
+            command = [python, "-m", "uvicorn", "--fd", str(fd), "--log-level", "warning",
+                       "--no-access-log", "--http", "httptools", "config.asgi:application"]
+        # The children hold their own copies of the socket; ours closes when they started.
+        return [subprocess.Popen(command, cwd=BASE_DIR, env=server_env,  # noqa: S603
+                                 pass_fds=(fd,)) for _ in range(processes)]
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -336,29 +356,35 @@ def profile(count: int) -> None:
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         log(f"{name}: {count} requests, {1000 * cpu / count:.2f} ms CPU and "
             f"{1000 * wall / count:.2f} ms wall each (one thread, profiler on)")
+        if name == "quotes" and os.environ.get("BENCH_PROFILE_OUT"):
+            profiler.dump_stats(os.environ["BENCH_PROFILE_OUT"])
         if name == "quotes":
             ours = r"quotes/|risk/|solana|signing|audit|idempotency|authentication"
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(ours, 40)
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) of each named process tree, children included."""
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU time (user + system) of each named group of process trees, children included;
+    "load generator" is this process alone (its children are the servers and the sandbox)."""
     import psutil
 
     out = {}
-    for name, pid in pids.items():
+    for name, roots in pids.items():
         total = 0.0
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                try:
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-                except psutil.NoSuchProcess:
-                    continue
-        except psutil.NoSuchProcess:
-            pass
+        for pid in roots:
+            try:
+                root = psutil.Process(pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        times = proc.cpu_times()
+                        total += times.user + times.system
+                    except psutil.NoSuchProcess:
+                        continue
+            except psutil.NoSuchProcess:
+                pass
         out[name] = total
+    own = psutil.Process().cpu_times()
+    out["load generator"] = own.user + own.system
     return out
 
 
@@ -378,10 +404,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--users", type=int, default=16)
-    parser.add_argument("--servers", default="daphne",
-                        help="comma list of daphne (as make run), daphne-pool (+ psycopg pool), "
-                             "gunicorn (WSGI, gthread; report only)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--servers", default=MAKE_RUN,
+                        help="comma list of: " + "; ".join(f"{k}: {v}"
+                                                          for k, v in SERVER_KINDS.items()))
+    parser.add_argument("--processes", type=int, default=0,
+                        help="server processes (0: as make run, WEB_PROCESSES or one per core)")
     parser.add_argument("--profile", type=int, default=0,
                         help="instead of HTTP: cProfile N in-process quote_create calls")
     args = parser.parse_args()
@@ -420,17 +447,21 @@ def main() -> int:
             return 0
         tokens, quote_bodies, insert_bodies = prepare(args.users)
         log(f"{len(tokens)} users signed in; {args.concurrency} keep-alive clients, "
-            f"{args.duration:.0f}s per endpoint, {os.cpu_count()} cores")
+            f"{args.duration:.0f}s per endpoint, {os.cpu_count()} cores, load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        from django.conf import settings
+
+        from config.launcher import web_process_count
+
+        processes = web_process_count(args.processes or settings.WEB_PROCESSES)
         summary = {}
         for kind in [s.strip() for s in args.servers.split(",") if s.strip()]:
-            if kind == "gunicorn" and shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
-                log("gunicorn is not installed: skipped (pip install gunicorn to compare)")
+            if kind in ("gunicorn", "uvicorn") and shutil.which(
+                    kind, path=str(Path(sys.executable).parent)) is None:
+                log(f"{kind} is not installed: skipped (pip install {kind} to compare)")
                 continue
             port = free_port()
-            server_env = dict(env)
-            if kind == "daphne-pool":
-                server_env["BENCH_DB_POOL"] = "1"
-            server = start_server(kind, port, server_env, args.workers)
+            servers = start_server(kind, port, env, processes)
             try:
                 if not wait_http("127.0.0.1", port, "/health", 60):
                     log(f"{kind} did not start")
@@ -440,22 +471,24 @@ def main() -> int:
                                            ("trivial insert", "/bench/insert", insert_bodies)):
                     load = Load(port, path, bodies, tokens, args.concurrency)
                     load.run(args.warmup)
-                    pids = {"server": server.pid, "sandbox": sandbox.pid}
+                    pids = {"server": [p.pid for p in servers], "sandbox": [sandbox.pid]}
                     cpu_before = cpu_seconds(pids)
                     results[name] = load.run(args.duration)
                     cpu_after = cpu_seconds(pids)
                     ok = max(results[name]["count"], 1)
                     results[name]["cpu_ms_per_ok"] = {
-                        k: 1000 * (cpu_after[k] - cpu_before[k]) / ok for k in pids}
-                log(f"{kind}:")
+                        k: 1000 * (cpu_after[k] - cpu_before[k]) / ok for k in cpu_after}
+                described = kind if kind == "daphne-1" else f"{kind} x{processes}"
+                log(f"{described}:")
                 for name, result in results.items():
                     report(name, result)
                 ratio = results["quotes"]["throughput"] / max(results["trivial insert"]["throughput"], 1e-9)
                 log(f"  quotes / trivial insert throughput = {ratio:.2f}")
-                summary[kind] = {**{k: {m: v for m, v in r.items() if m != "statuses"}
+                summary[described] = {**{k: {m: v for m, v in r.items() if m != "statuses"}
                                     for k, r in results.items()}, "ratio": ratio}
             finally:
-                stop(server)
+                for server in servers:
+                    stop(server)
         print(json.dumps(summary, indent=2, default=str))
         return 0
     finally:

@@ -2,15 +2,17 @@
 
 Starts (or joins) the embedded PostgreSQL when DATABASE_URL is unset, migrates, starts the
 Solana sandbox (sandbox mode with a local SOLANA_RPC_URL), seeds the demo treasury and the
-operator account, then runs daphne (REST + WebSocket) and the django-q2 worker. Children
-inherit DATABASE_URL so every process uses the same server; the launcher keeps its handle
-on the embedded server so it stops only after the children are gone.
+operator account, then runs the web server (REST + WebSocket on one port: `web_serve`) and
+the django-q2 worker. Children inherit DATABASE_URL so every process uses the same server;
+the launcher keeps its handle on the embedded server so it stops only after the children
+are gone.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +41,34 @@ def _wait_http(url: str, timeout: float, body: bytes | None = None) -> bool:
     return False
 
 
+# The web processes' environment: a psycopg pool per process, because ASGI runs each sync
+# request in its own short-lived thread and per-thread persistent connections would pile
+# up to "too many clients".
+WEB_ENV_DEFAULTS = {"DB_POOL": "1"}
+
+
+def web_listener(host: str, port: int) -> socket.socket:
+    """The one listening socket every web process accepts on (HTTP and WebSocket share it)."""
+    listener = socket.create_server((host, port), backlog=1024)
+    listener.set_inheritable(True)
+    return listener
+
+
+def web_command(listener: socket.socket) -> list[str]:
+    """One daphne process serving `config.asgi` on the inherited listening socket.
+
+    No --proxy-headers: bound to loopback with no proxy in front, X-Forwarded-For would
+    only let a client choose the address the throttles and /metrics allow-list see.
+    """
+    return [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()),
+            "config.asgi:application"]
+
+
+def web_process_count(configured: int) -> int:
+    """WEB_PROCESSES, or one per core when it is 0: one daphne process uses one core."""
+    return configured if configured > 0 else max(1, os.cpu_count() or 1)
+
+
 def main() -> int:
     os.chdir(BASE_DIR)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -57,9 +87,11 @@ def main() -> int:
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(name: str, args: list[str], env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = ()) -> None:
         children.append((name, subprocess.Popen(args, cwd=BASE_DIR,  # noqa: S603
-                                                env={**os.environ, **(env or {})})))
+                                                env={**os.environ, **(env or {})},
+                                                pass_fds=pass_fds)))
 
     rpc = urlparse(settings.SOLANA_RPC_URL)
     if not settings.IS_LIVE and rpc.hostname in ("127.0.0.1", "localhost"):
@@ -74,10 +106,15 @@ def main() -> int:
     call_command("ensure_schedules")
 
     port = str(settings.PORT)
-    # No --proxy-headers: bound to loopback with no proxy in front, X-Forwarded-For would
-    # only let a client choose the address the throttles and /metrics allow-list see.
-    spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", port,
-                  "config.asgi:application"], env={"DB_POOL": os.environ.get("DB_POOL", "1")})
+    # Several daphne processes accept on one socket opened here: every core serves, and
+    # REST and WebSocket stay on one port (a socket may land on any process; the channel
+    # layer carries events across processes).
+    listener = web_listener("127.0.0.1", settings.PORT)
+    web_env = {key: os.environ.get(key, value) for key, value in WEB_ENV_DEFAULTS.items()}
+    processes = web_process_count(settings.WEB_PROCESSES)
+    for n in range(processes):
+        spawn(f"web-{n}", web_command(listener), env=web_env, pass_fds=(listener.fileno(),))
+    _log(f"{processes} web processes on port {port}")
     call_command("recover_executions")  # a crash may have left work half-sent
     spawn("worker", [sys.executable, "manage.py", "qcluster"])
     if _wait_http(f"http://127.0.0.1:{port}/health", 30):

@@ -35,6 +35,8 @@ if not SECRET_KEY:
     SECRET_KEY = "sandbox-" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 PORT = env.int("PORT", default=8000)
+# `make run`'s daphne processes sharing PORT (0: one per core).
+WEB_PROCESSES = env.int("WEB_PROCESSES", default=0)
 
 INSTALLED_APPS = [
     "daphne",
