@@ -345,6 +345,16 @@ def profile(count: int) -> None:
 
     for body in bodies[:20]:  # warm up
         post("/api/v1/quotes", body)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for name, path, body in (("quote", "/api/v1/quotes", bodies[0]),
+                             ("trivial insert", "/bench/insert", insert_bodies[0])):
+        with CaptureQueriesContext(connection) as queries:
+            post(path, body)
+        log(f"SQL statements of one {name} (warm caches): {len(queries)}")
+        for query in queries:
+            log(f"    {query['sql'][:160]}")
     for name, path, payloads in (("quotes", "/api/v1/quotes", bodies),
                                  ("trivial insert", "/bench/insert", insert_bodies)):
         profiler = cProfile.Profile(time.process_time)
