@@ -229,9 +229,11 @@ MAKE_RUN = "make-run"
 SERVER_KINDS = {
     MAKE_RUN: "exactly what `make run` serves: config.launcher's web processes (daphne, "
               "one per core unless WEB_PROCESSES) on one shared socket, its environment",
-    "daphne-1": "ONE daphne process with the psycopg pool (make run before #12's fix)",
-    "uvicorn": "uvicorn (ASGI, httptools) processes on one shared socket, same count and "
-               "environment as make-run (report only; if installed)",
+    "daphne-asgi": "make-run's daphne processes serving config.asgi (Django's ASGI handler "
+                   "for HTTP too)",
+    "daphne-1": "ONE daphne process, config.asgi, the psycopg pool (make run before #12)",
+    "uvicorn": "uvicorn (httptools) processes serving config.asgi on one shared socket, "
+               "same count and environment as make-run (report only; if installed)",
     "gunicorn": "gunicorn gthread workers x 4 threads, WSGI (no WebSocket; report only; "
                 "if installed)",
 }
@@ -256,8 +258,10 @@ def start_server(kind: str, port: int, env: dict[str, str],
         fd = listener.fileno()
         if kind == MAKE_RUN:
             command = web_command(listener)
+        elif kind == "daphne-asgi":
+            command = web_command(listener, "config.asgi:application")
         elif kind == "daphne-1":
-            command, processes = web_command(listener), 1
+            command, processes = web_command(listener, "config.asgi:application"), 1
         else:  # uvicorn
             command = [python, "-m", "uvicorn", "--fd", str(fd), "--log-level", "warning",
                        "--no-access-log", "--http", "httptools", "config.asgi:application"]
@@ -398,6 +402,17 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
+def postgres_backends(base_url: str, db_name: str) -> list[int]:
+    """The PostgreSQL server processes serving the bench database right now (the servers'
+    pooled connections, kept across the run), when the server runs on this machine."""
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                            "pg_backend_pid()", [db_name]).fetchall()
+    return [int(row[0]) for row in rows]
+
+
 def report(name: str, result: dict[str, Any]) -> None:
     log(f"  {name:<16} {result['throughput']:8.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
         f"p95 {result['p95_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
@@ -481,7 +496,8 @@ def main() -> int:
                                            ("trivial insert", "/bench/insert", insert_bodies)):
                     load = Load(port, path, bodies, tokens, args.concurrency)
                     load.run(args.warmup)
-                    pids = {"server": [p.pid for p in servers], "sandbox": [sandbox.pid]}
+                    pids = {"server": [p.pid for p in servers], "sandbox": [sandbox.pid],
+                            "postgres": postgres_backends(base_url, db_name)}
                     cpu_before = cpu_seconds(pids)
                     results[name] = load.run(args.duration)
                     cpu_after = cpu_seconds(pids)

@@ -54,14 +54,14 @@ def web_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
-def web_command(listener: socket.socket) -> list[str]:
-    """One daphne process serving `config.asgi` on the inherited listening socket.
+def web_command(listener: socket.socket, app: str = "config.serving:application") -> list[str]:
+    """One daphne process on the inherited listening socket, serving `config.serving`
+    (HTTP on a thread pool, WebSocket through Channels: one port for both).
 
     No --proxy-headers: bound to loopback with no proxy in front, X-Forwarded-For would
     only let a client choose the address the throttles and /metrics allow-list see.
     """
-    return [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()),
-            "config.asgi:application"]
+    return [sys.executable, "-m", "daphne", "--fd", str(listener.fileno()), app]
 
 
 def web_process_count(configured: int) -> int:

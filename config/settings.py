@@ -35,8 +35,10 @@ if not SECRET_KEY:
     SECRET_KEY = "sandbox-" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 PORT = env.int("PORT", default=8000)
-# `make run`'s daphne processes sharing PORT (0: one per core).
+# `make run`'s daphne processes sharing PORT (0: one per core), and the threads each runs
+# plain HTTP requests on (config.serving; WebSocket stays on Channels).
 WEB_PROCESSES = env.int("WEB_PROCESSES", default=0)
+WEB_HTTP_THREADS = env.int("WEB_HTTP_THREADS", default=8)
 
 INSTALLED_APPS = [
     "daphne",
@@ -240,6 +242,11 @@ SOLANA_RPC_TIMEOUT_SECONDS = env.float("SOLANA_RPC_TIMEOUT_SECONDS", default=10.
 # recovery job leaves executions younger than the grace period to their own worker.
 EXECUTION_RESEND_INTERVAL_SECONDS = env.float("EXECUTION_RESEND_INTERVAL_SECONDS", default=2.0)
 EXECUTION_MAX_ATTEMPTS = env.int("EXECUTION_MAX_ATTEMPTS", default=3)
+# A worker executes up to this many waiting committed quotes together (one transaction per
+# step for all of them), and waits this long for them to land before handing stragglers
+# to the one-at-a-time driver (which re-sends and re-signs as needed).
+EXECUTION_BATCH_SIZE = env.int("EXECUTION_BATCH_SIZE", default=32)
+EXECUTION_BATCH_CONFIRM_SECONDS = env.float("EXECUTION_BATCH_CONFIRM_SECONDS", default=2.0)
 EXECUTION_RECOVERY_GRACE_SECONDS = env.float("EXECUTION_RECOVERY_GRACE_SECONDS", default=5.0)
 SOLANA_ALLOWED_PROGRAMS = env.list(
     "SOLANA_ALLOWED_PROGRAMS",

@@ -1,0 +1,149 @@
+"""The ASGI application `make run`'s web processes serve: `config.asgi` for WebSocket, and
+plain HTTP run through Django's WSGI handler on a fixed pool of threads.
+
+Why: under Django's ASGI handler every sync request costs ~3 ms of extra CPU (a fresh
+thread and executor per request, async/sync hops around the middleware chain; measured
+with bench/quotes.py: the trivial insert took 4.3 ms of server CPU under daphne or
+uvicorn, 1.4 ms under gunicorn's threads). Running the same Django request path
+(`WSGIHandler`: same middleware, views, errors) on long-lived threads removes that cost
+while REST and WebSocket keep sharing one daphne port. The thread count bounds how many
+requests run at once per process (`WEB_HTTP_THREADS`); each thread takes its database
+connection from the process's psycopg pool, shared with the WebSocket consumers.
+
+The request body is read completely before the view runs (as Django's ASGI handler
+does, into a spooled temporary file), so a slow client never holds a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from tempfile import SpooledTemporaryFile
+from typing import Any
+
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
+
+from config.asgi import application as asgi_application
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+
+BODY_MEMORY_BYTES = 64 * 1024  # larger bodies spill to a temporary file
+
+
+def _environ(scope: Scope, body: Any, body_size: int) -> dict[str, Any]:
+    """The WSGI environ of an ASGI HTTP scope (PEP 3333; headers joined like asgiref's)."""
+    script_name = scope.get("root_path", "").encode("utf8").decode("latin1")
+    path_info = scope["path"].encode("utf8").decode("latin1")
+    if script_name and path_info.startswith(script_name):
+        path_info = path_info[len(script_name):]
+    server = scope.get("server") or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin1"),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1] if server[1] is not None else 0),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if scope.get("client"):
+        environ["REMOTE_ADDR"] = scope["client"][0]
+    for raw_name, raw_value in scope.get("headers", []):
+        name = raw_name.decode("latin1").upper().replace("-", "_")
+        if name not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            name = f"HTTP_{name}"
+        value = raw_value.decode("latin1")
+        environ[name] = f"{environ[name]},{value}" if name in environ else value
+    if "CONTENT_LENGTH" not in environ and body_size:
+        # A chunked body was read whole: give Django its real length (the body size
+        # limit middleware then judges it like a declared one).
+        environ["CONTENT_LENGTH"] = str(body_size)
+    return environ
+
+
+class ThreadPoolHttp:
+    """ASGI HTTP → Django's WSGI handler on `threads` long-lived threads."""
+
+    def __init__(self, threads: int) -> None:
+        self.handler = WSGIHandler()
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        with SpooledTemporaryFile(max_size=BODY_MEMORY_BYTES) as body:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # the client left before sending its whole request
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                body.write(chunk)
+                if not message.get("more_body"):
+                    break
+            body.seek(0)
+            status, headers, content, streamed = await loop.run_in_executor(
+                self.executor, self._respond, _environ(scope, body, size), loop, send)
+        if streamed:
+            return  # sent from the worker thread, chunk by chunk
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    def _respond(self, environ: dict[str, Any], loop: asyncio.AbstractEventLoop,
+                 send: Send) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
+            started["status"] = int(status.split(" ", 1)[0])
+            started["headers"] = [(name.lower().encode("latin1"), value.encode("latin1"))
+                                  for name, value in headers]
+            return lambda data: None  # the legacy write() callable; Django never uses it
+
+        result: Iterable[bytes] = self.handler(environ, start_response)
+        try:
+            if not getattr(result, "streaming", False):
+                return started["status"], started["headers"], b"".join(result), False
+
+            def send_now(message: dict[str, Any]) -> None:
+                asyncio.run_coroutine_threadsafe(send(message), loop).result()
+
+            send_now({"type": "http.response.start", "status": started["status"],
+                      "headers": started["headers"]})
+            for chunk in result:
+                if chunk:
+                    send_now({"type": "http.response.body", "body": chunk, "more_body": True})
+            send_now({"type": "http.response.body", "body": b""})
+            return started["status"], started["headers"], b"", True
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()  # request_finished: the thread's DB connection goes back to the pool
+
+
+class WebApplication:
+    """HTTP on the thread pool; everything else (WebSocket, lifespan) to `config.asgi`."""
+
+    def __init__(self, threads: int) -> None:
+        self.http = ThreadPoolHttp(threads)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await asgi_application(scope, receive, send)
+
+
+application = WebApplication(threads=settings.WEB_HTTP_THREADS)
