@@ -10,21 +10,27 @@ simulateTransaction with replaceRecentBlockhash), and reports:
 * SOL outflow = treasury pre − post − fee (rent of accounts it creates is inside);
 * token outflow per mint = pre − post of every token account the treasury owns.
 
-Pre-state and simulation are two RPC calls, so a transaction landing between them is
-seen as part of this work. Only the treasury spends from its accounts, so such a race can
+Pre-state and simulation are two JSON-RPC calls sent as ONE batch (`_ChainReader`: one
+HTTP round trip on a per-thread keep-alive connection, plain JSON: the quote hot path
+cannot afford the general backend's event-loop hop and SDK object mapping, about a third
+of a quote's CPU). The node answers them in order, so a transaction landing between them
+is seen as part of this work. Only the treasury spends from its accounts, so such a race can
 only make a quote too high (never too low), and the executor re-simulates against
 `max_lamports_spend` before sending anyway.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import http.client
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
-from solders.account import Account
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
@@ -47,6 +53,8 @@ from quotes.solana_tx import (
 from risk.errors import InsufficientTreasury
 
 TOKEN_ACCOUNT_SIZE = 165
+# getMultipleAccounts answers at most 100 accounts (the treasury is one of them).
+MAX_WATCHED_ACCOUNTS = 100
 # Instructions the executor puts before the client's (SetComputeUnitLimit, SetComputeUnitPrice).
 _PREPENDED_INSTRUCTIONS = 2
 # System: ResultWithNegativeLamports; SPL Token: InsufficientFunds. Both are custom error 1.
@@ -101,7 +109,7 @@ class WorkCost:
         return self.treasury_outflow_lamports + self.fee_lamports
 
 
-def _token_state(account: Account | None) -> TokenAccount | None:
+def _token_state(account: _AccountState | None) -> TokenAccount | None:
     if (account is None or str(account.owner) not in TOKEN_PROGRAMS
             or len(account.data) < TOKEN_ACCOUNT_SIZE):
         return None
@@ -135,9 +143,145 @@ def _simulation_refusal(err: Any, logs: list[str], instructions: list[Instructio
     return InvalidQuoteParameters("The transaction fails in simulation", details=details)
 
 
+@dataclass(frozen=True, slots=True)
+class _AccountState:
+    lamports: int
+    owner: Pubkey
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Simulation:
+    err: Any  # the RPC's TransactionError JSON; None on success
+    logs: list[str]
+    units_consumed: int
+    post_accounts: dict[Pubkey, _AccountState | None]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.err is None
+
+
+class _ChainReader:
+    """getMultipleAccounts + simulateTransaction as one JSON-RPC batch over a keep-alive
+    connection per thread. Retried once when the node does not answer (both are reads),
+    as `SolanaBackend` retries its reads; raises SolanaUnavailable / SolanaError alike."""
+
+    COMMITMENT = "confirmed"  # SolanaBackend's default commitment
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url, self.timeout = url, timeout
+        parts = urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _post(self, body: bytes) -> Any:
+        for attempt in range(2):
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body=body,
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise SolanaUnavailable(f"RPC node unreachable: {exc!r}") from None
+                continue
+            if response.status >= 500 or response.status == 429:
+                if attempt:
+                    raise SolanaUnavailable(f"HTTP {response.status} from RPC node")
+                continue
+            if response.status != 200:
+                raise SolanaError(f"HTTP {response.status} from RPC node")
+            try:
+                return json.loads(payload)
+            except ValueError:
+                raise SolanaError("unexpected RPC answer: not JSON") from None
+        raise AssertionError("unreachable")
+
+    def accounts_and_simulation(self, tx: VersionedTransaction, watched: list[Pubkey]
+                                ) -> tuple[dict[Pubkey, _AccountState | None], _Simulation]:
+        addresses = [str(pubkey) for pubkey in watched]
+        body = json.dumps([
+            {"jsonrpc": "2.0", "id": 0, "method": "getMultipleAccounts",
+             "params": [addresses, {"encoding": "base64", "commitment": self.COMMITMENT}]},
+            {"jsonrpc": "2.0", "id": 1, "method": "simulateTransaction",
+             "params": [base64.b64encode(bytes(tx)).decode(),
+                        {"encoding": "base64", "sigVerify": False,
+                         "replaceRecentBlockhash": True, "commitment": self.COMMITMENT,
+                         "accounts": {"addresses": addresses, "encoding": "base64"}}]},
+        ], separators=(",", ":")).encode()
+        answers = self._post(body)
+        if not isinstance(answers, list):
+            raise SolanaError(f"RPC batch refused: {str(answers)[:200]}")
+        by_id = {answer.get("id"): answer for answer in answers if isinstance(answer, dict)}
+        results = []
+        for request_id in (0, 1):
+            answer = by_id.get(request_id) or {}
+            error = answer.get("error")
+            if error is not None:
+                if isinstance(error, dict) and error.get("code") == NODE_UNHEALTHY:
+                    raise SolanaUnavailable(str(error.get("message")))
+                raise SolanaError(f"RPC error: {str(error)[:200]}")
+            if "result" not in answer:
+                raise SolanaError("unexpected RPC answer: no result")
+            results.append(answer["result"]["value"])
+        before = dict(zip(watched, map(_account_state, results[0]), strict=True))
+        value = results[1]
+        err = value.get("err")
+        post: dict[Pubkey, _AccountState | None] = {}
+        if err is None and value.get("accounts") is not None:
+            post = dict(zip(watched, map(_account_state, value["accounts"]), strict=True))
+        return before, _Simulation(err=err, logs=list(value.get("logs") or []),
+                                   units_consumed=int(value.get("unitsConsumed") or 0),
+                                   post_accounts=post)
+
+
+NODE_UNHEALTHY = -32005
+
+
+def _account_state(account: Any) -> _AccountState | None:
+    if account is None:
+        return None
+    data, encoding = account["data"]
+    if encoding != "base64":
+        raise SolanaError(f"unexpected account encoding in RPC answer: {encoding!r}")
+    return _AccountState(lamports=int(account["lamports"]),
+                         owner=Pubkey.from_string(account["owner"]),
+                         data=base64.b64decode(data))
+
+
+_reader_lock = threading.Lock()
+_reader: _ChainReader | None = None
+
+
+def _chain_reader() -> _ChainReader:
+    """One reader per process for `SOLANA_RPC_URL` (rebuilt if the setting moves)."""
+    global _reader
+    current = _reader
+    if current is not None and current.url == settings.SOLANA_RPC_URL:
+        return current
+    with _reader_lock:
+        if _reader is None or _reader.url != settings.SOLANA_RPC_URL:
+            _reader = _ChainReader(settings.SOLANA_RPC_URL, settings.SOLANA_RPC_TIMEOUT_SECONDS)
+        return _reader
+
+
 def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) -> WorkCost:
     """Simulate the work as the executor will send it and measure what it costs the treasury."""
-    backend = get_backend()
     treasury = treasury_pubkey()
     message = build_execution_message(instructions, cu_limit, cu_price,
                                       execution_memo(QUOTE_MEMO_PLACEHOLDER), treasury,
@@ -149,9 +293,12 @@ def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) 
                 watched.append(meta.pubkey)
     # The node replaces the blockhash and skips signature checks: no signature is needed.
     tx = VersionedTransaction.populate(message, [Signature.default()])
+    if len(watched) > MAX_WATCHED_ACCOUNTS:
+        raise InvalidQuoteParameters("The transaction writes to too many accounts",
+                                     details={"writable_accounts": len(watched),
+                                              "max": MAX_WATCHED_ACCOUNTS})
     try:
-        before = backend.accounts(watched)
-        result = backend.simulate(tx, watched, replace_recent_blockhash=True)
+        before, result = _chain_reader().accounts_and_simulation(tx, watched)
     except SolanaUnavailable:
         raise ChainUnavailable() from None
     except SolanaError as exc:
