@@ -11,7 +11,7 @@ simulateTransaction with replaceRecentBlockhash), and reports:
 * token outflow per mint = pre − post of every token account the treasury owns.
 
 Pre-state and simulation are two JSON-RPC calls sent as ONE batch (`_ChainReader`: one
-HTTP round trip on a per-thread keep-alive connection, plain JSON: the quote hot path
+HTTP round trip on a kept-alive connection, plain JSON: the quote hot path
 cannot afford the general backend's event-loop hop and SDK object mapping, about a third
 of a quote's CPU). The node answers them in order, so a transaction landing between them
 is seen as part of this work. Only the treasury spends from its accounts, so such a race can
@@ -163,11 +163,12 @@ class _Simulation:
 
 
 class _ChainReader:
-    """getMultipleAccounts + simulateTransaction as one JSON-RPC batch over a keep-alive
-    connection per thread. Retried once when the node does not answer (both are reads),
+    """getMultipleAccounts + simulateTransaction as one JSON-RPC batch over keep-alive
+    connections shared by the process's threads. Retried once when the node does not answer (both are reads),
     as `SolanaBackend` retries its reads; raises SolanaUnavailable / SolanaError alike."""
 
     COMMITMENT = "confirmed"  # SolanaBackend's default commitment
+    MAX_IDLE = 32  # keep-alive connections kept between requests
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url, self.timeout = url, timeout
@@ -176,19 +177,21 @@ class _ChainReader:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+    def _connection(self, *, fresh: bool) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle and not fresh:
+                return self._idle.pop()
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=self.timeout)
 
     def _post(self, body: bytes) -> Any:
         for attempt in range(2):
-            conn = self._connection()
+            # The retry opens a new connection: a kept one the node has closed meanwhile
+            # fails at once, and must not be mistaken for a node that is down.
+            conn = self._connection(fresh=attempt > 0)
             try:
                 conn.request("POST", self._path, body=body,
                              headers={"Content-Type": "application/json"})
@@ -196,10 +199,15 @@ class _ChainReader:
                 payload = response.read()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                self._local.conn = None
                 if attempt:
                     raise SolanaUnavailable(f"RPC node unreachable: {exc!r}") from None
                 continue
+            with self._lock:  # kept alive for the next caller, whichever thread it is
+                kept = len(self._idle) < self.MAX_IDLE
+                if kept:
+                    self._idle.append(conn)
+            if not kept:
+                conn.close()
             if response.status >= 500 or response.status == 429:
                 if attempt:
                     raise SolanaUnavailable(f"HTTP {response.status} from RPC node")
