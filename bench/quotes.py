@@ -1,16 +1,19 @@
 """Quote-creation benchmark: `POST /api/v1/quotes` beside a trivial DRF insert endpoint.
 
-    .venv/bin/python bench/quotes.py [--duration 20] [--concurrency 16] [--servers daphne,gunicorn]
+    .venv/bin/python bench/quotes.py [--duration 20] [--concurrency 16] [--servers make-run,gunicorn]
     .venv/bin/python bench/quotes.py --profile 300      # cProfile of quote_create in-process
 
 What runs, all on this machine, fresh for the run:
 * a new PostgreSQL database (on DATABASE_URL's server, else the embedded one), migrated,
   dropped at the end;
 * the Solana sandbox as its own process (as `make run` starts it), treasury airdropped;
-* the web server the way `make run` serves HTTP: daphne + config.asgi. With
-  `--servers daphne,gunicorn` the same app is also measured under gunicorn (WSGI,
-  config.wsgi) if it is installed (report only; `make run` is unchanged);
-* per server, the SAME process serves both endpoints: quotes, and `POST /bench/insert`, a
+* `make-run` (the default): exactly the web processes `make run` starts, through
+  config.launcher's own functions (one listening socket, WEB_PROCESSES daphne processes
+  on it serving config.serving, the launcher's environment). `--servers` adds
+  comparisons: daphne-asgi (the same processes serving config.asgi, Django's ASGI
+  handler for HTTP), daphne-1 (one such process: make run before #12), uvicorn and
+  gunicorn (if installed; report only);
+* per server, the SAME processes serve both endpoints: quotes, and `POST /bench/insert`, a
   trivial DRF view (same authentication, JSON parsing and error handling) inserting one
   audit row: the baseline. It lives in a urls module this script writes to a temporary
   directory, not in production code;
@@ -23,22 +26,25 @@ default per-IP quota would cap a single-host load generator), and the volume-spi
 floor raised (thousands of quotes on a fresh database ARE a spike by its definition).
 
 Prints throughput (successful requests/s), p50/p95/p99 latency, errors, the ratio, and
-the server's and sandbox's CPU milliseconds per successful request (a figure that other
-load on the machine disturbs far less than throughput does).
+the CPU milliseconds per successful request of the server processes, the sandbox, the
+PostgreSQL backends serving the bench database and the load generator (this process):
+figures that other load on the machine disturbs far less than throughput does.
 Targets (issue #12): >= 500 quotes/s on 2 cores, p95 < 100 ms, >= 50% of the baseline.
 
-Measured 2026-11-21, 2 cores SHARED with other sessions' test suites (load average 6-11),
-16 clients, 20 s per endpoint (`--servers daphne,daphne-pool,gunicorn`):
+Measured 2026-11-21, 2 cores SHARED with another session's benchmarks (load average
+5-7), 16 clients, 10 s per endpoint, two runs (`--servers make-run,daphne-asgi,gunicorn`):
 
-    server                    quotes/s  p95 ms   insert/s  p95 ms  ratio  CPU ms/quote (insert)
-    daphne (as make run)        46.1     605       98.7     299    0.47   16.8 (6.7)  + 27% / 9% 500s
-    daphne + psycopg pool       66.0     422      118.1     279    0.56   13.0 (5.1)
-    gunicorn gthread 2x4       103.9     335      411.0      87    0.25    8.8 (2.2)
+    server                 quotes/s  p50/p95/p99 ms    insert/s  p95 ms  ratio  server CPU ms/quote (insert)
+    make-run (daphne x2)   274 | 307  55/104/140 | 50/83/104  517 | 572  47 | 56  0.53 | 0.54  3.3 (1.8)
+    daphne-asgi x2         141 | 164  111/135/216 | 108/176/245 339 | 277  90 | 95  0.41 | 0.59  5.9-6.6 (3.8)
+    gunicorn gthread 2x4   273 | 208  62/107/128 | 71/205/313  716 | 537  37 | 67  0.38 | 0.39  3.0-3.2 (1.4)
 
-The 500s under daphne are "too many clients": with CONN_MAX_AGE=60, ASGI runs each sync
-request in a fresh thread that keeps its own connection. Sandbox CPU: ~0.7 ms per quote.
-A CPU profile (`--profile 300`) puts ~45% of quote_create's CPU in risk_check_quote (ORM
-compilation of a 4-subquery annotate); simulation (two RPC reads in parallel) ~15%.
+Per quote besides the server: sandbox 0.4 ms, PostgreSQL 0.9-1.1 ms, load generator
+0.2 ms of CPU. At ~4.8 ms of CPU per quote in all, 2 cores cap quotes near 400/s even with
+nothing else running; the 500/s target is not met. Before #12's serving and CPU work
+(same day, quiet machine): one daphne, 62 quotes/s, p95 312 ms, 13.75 ms server CPU per
+quote, 173 HTTP 500s "too many clients". SQL per quote: 7 statements then, 4 now
+(`--profile` lists them); cProfile CPU per quote (profiler on) 17.4 ms then, 7.3 ms now.
 """
 
 from __future__ import annotations
