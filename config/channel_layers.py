@@ -43,3 +43,31 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
             self.event_loop = loop
             self._listener = loop.create_task(self.listen_to_all_channels())
         return self.listener_task_is_running, False
+
+    async def group_send_many(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        """Several group sends in two statements: one read of every group's channels, one
+        pipelined insert of every message (the library does two reads and an insert per
+        group). The executor publishes a batch of status events this way."""
+        from datetime import timedelta
+
+        from channels_postgres.db import GROUP_CHANNEL_TABLE, MESSAGE_TABLE
+        from django.utils import timezone
+        from psycopg import sql
+
+        keys = [self._group_key(group) for group, _ in sends]
+        read = sql.SQL("SELECT DISTINCT group_key, channel FROM {} WHERE group_key = ANY(%s)").format(
+            sql.Identifier(GROUP_CHANNEL_TABLE))
+        insert = sql.SQL("INSERT INTO {} (channel, message, expire) VALUES (%s, %s, %s)").format(
+            sql.Identifier(MESSAGE_TABLE))
+        pool = await self.django_db.get_db_pool(db_params=self.django_db.db_params)
+        async with pool.connection() as conn, conn.cursor() as cursor:
+            await cursor.execute(read, (list(set(keys)),))
+            channels: dict[str, list[str]] = {}
+            for group_key, channel in await cursor.fetchall():
+                channels.setdefault(group_key, []).append(channel)
+            expire = timezone.now() + timedelta(seconds=self.expiry)
+            rows = [(channel, self.serialize(message), expire)
+                    for key, (_, message) in zip(keys, sends, strict=True)
+                    for channel in channels.get(key, [])]
+            if rows:
+                await cursor.executemany(insert, rows)

@@ -54,13 +54,18 @@ class _PublisherLoop:
 _publisher = _PublisherLoop()
 
 
-def _group_send_all(groups: list[str], message: dict[str, Any]) -> None:
+def _group_send_many(sends: list[tuple[str, dict[str, Any]]]) -> None:
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not sends:
         return
 
     async def send_all() -> None:
-        for group in groups:
+        # Looked up on the loop: the Redis pub/sub layer resolves attributes per loop.
+        many = getattr(layer, "group_send_many", None)
+        if many is not None:  # our PostgreSQL layer: two statements for the whole list
+            await many(sends)
+            return
+        for group, message in sends:
             await layer.group_send(group, message)
 
     if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
@@ -78,21 +83,35 @@ def user_group(user_id: Any) -> str:
     return f"user.{user_id}"
 
 
-def _send(groups: list[str], event: dict[str, Any], user_id: Any) -> None:
+Published = tuple[dict[str, Any], Any, Any]  # (event, user id, quote id or None)
+
+
+def _send_many(published: list[Published]) -> None:
+    sends = []
+    for event, user_id, quote_id in published:
+        message = {"type": "event.forward", "event": event}
+        if quote_id is not None:
+            sends.append((quote_group(quote_id), message))
+        sends.append((user_group(user_id), message))
     try:
-        _group_send_all(groups, {"type": "event.forward", "event": event})
+        _group_send_many(sends)
     except Exception:  # a dead layer must not break the write path; clients resync on connect
-        logger.exception("event publish failed", extra={"groups": groups})
-    from users.notifications import notify_enqueue
+        logger.exception("event publish failed", extra={"events": len(published)})
+    from users.notifications import notify_enqueue_many
 
     try:  # the user's notify URL gets the same event (outgoing client webhooks)
-        notify_enqueue(user_id, event)
+        notify_enqueue_many([(user_id, event) for event, user_id, _ in published])
     except Exception:
         logger.exception("client notification enqueue failed")
 
 
 def publish_after_commit(*, event: dict[str, Any], user_id: Any, quote_id: Any = None) -> None:
-    groups = [user_group(user_id)]
-    if quote_id is not None:
-        groups.insert(0, quote_group(quote_id))
-    transaction.on_commit(lambda: _send(groups, event, user_id))
+    publish_after_commit_many([(event, user_id, quote_id)])
+
+
+def publish_after_commit_many(published: list[Published]) -> None:
+    """Publish several events after commit with one layer round trip and one look-up of
+    the users' notify URLs (a batch's events, or the several events of one transaction)."""
+    if published:
+        events = list(published)
+        transaction.on_commit(lambda: _send_many(events))

@@ -211,7 +211,10 @@ Q_CLUSTER = {
     "poll": 0.05,
     "catch_up": False,
     "ack_failures": True,
-    "save_limit": 1000,
+    # Successful results are not stored: each execution's history is in its own tables and
+    # the audit log, and with a positive limit django-q2 locks and loads every stored success
+    # row on each save (the cluster's largest per-task cost under load). Failures are kept.
+    "save_limit": env.int("Q_SAVE_LIMIT", default=-1),
     "label": "Task queue",
 }
 Q_BROKER = env.str("Q_BROKER", default="redis" if REDIS_URL else "orm")

@@ -15,6 +15,11 @@ def execution_summary(quote: Quote) -> dict[str, Any] | None:
                        "compute_units_consumed", "treasury_outflow_lamports", "attempt_count",
                        "slot", "submitted_at", "confirmed_at")
                  .first())
+    return execution_summary_of(execution)
+
+
+def execution_summary_of(execution: Execution | None) -> dict[str, Any] | None:
+    """`execution_summary` of an execution already in hand (no query)."""
     if execution is None:
         return None
     return {

@@ -95,9 +95,20 @@ def _accounts(codes: Iterable[tuple[str, str]]) -> dict[str, LedgerAccount]:
     return found
 
 
-def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str = "",
-                quote_id: Any = None, user_id: Any = None, tx_hash: str = "") -> JournalEntry:
-    """Post a balanced entry once per `reference`; a repeat returns the first entry."""
+@dataclass(frozen=True)
+class EntrySpec:
+    """One journal entry to post (`ledger_post_many`)."""
+
+    reference: str
+    kind: str
+    legs: list[Leg]
+    description: str = ""
+    quote_id: Any = None
+    user_id: Any = None
+    tx_hash: str = ""
+
+
+def _check_balanced(reference: str, legs: list[Leg]) -> None:
     totals: dict[str, int] = defaultdict(int)
     for leg in legs:
         if leg.amount == 0:
@@ -106,6 +117,11 @@ def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str 
     if not legs or any(totals.values()):
         raise UnbalancedEntry(f"entry {reference} does not balance: {dict(totals)}")
 
+
+def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str = "",
+                quote_id: Any = None, user_id: Any = None, tx_hash: str = "") -> JournalEntry:
+    """Post a balanced entry once per `reference`; a repeat returns the first entry."""
+    _check_balanced(reference, legs)
     accounts = _accounts((leg.account, leg.asset) for leg in legs)
     try:
         with transaction.atomic():  # savepoint: a duplicate reference must not poison the caller
@@ -124,6 +140,31 @@ def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str 
             raise
         return existing
     return entry
+
+
+def ledger_post_many(entries: list[EntrySpec]) -> None:
+    """Post several new entries in three statements (accounts, entries, postings).
+
+    For callers that know every reference is new (the executor's batch, whose quotes moved
+    state in the same transaction): a duplicate reference raises IntegrityError and rolls
+    the caller's transaction back, instead of returning the first entry as `ledger_post`
+    does.
+    """
+    if not entries:
+        return
+    for spec in entries:
+        _check_balanced(spec.reference, spec.legs)
+    accounts = _accounts((leg.account, leg.asset) for spec in entries for leg in spec.legs)
+    rows = JournalEntry.objects.bulk_create([
+        JournalEntry(reference=spec.reference, kind=spec.kind, description=spec.description,
+                     quote_id=spec.quote_id, user_id=spec.user_id, tx_hash=spec.tx_hash)
+        for spec in entries
+    ])
+    Posting.objects.bulk_create(
+        Posting(entry=row, account=accounts[leg.account], asset=leg.asset,
+                amount=Decimal(leg.amount))
+        for row, spec in zip(rows, entries, strict=True) for leg in spec.legs
+    )
 
 
 def account_balance(code: str) -> int:

@@ -32,16 +32,28 @@ TIMEOUT_SECONDS = 5.0
 
 def notify_enqueue(user_id: Any, event: dict[str, Any]) -> WebhookDelivery | None:
     """After-commit hook for published events: record and send, if the user asked for it."""
-    url = User.objects.filter(pk=user_id).values_list("notify_url", flat=True).first()
-    if not url:
-        return None
-    delivery = WebhookDelivery.objects.create(user_id=user_id, url=url,
-                                              event=str(event.get("event", "")), payload=event,
-                                              next_attempt_at=timezone.now())
+    deliveries = notify_enqueue_many([(user_id, event)])
+    return deliveries[0] if deliveries else None
+
+
+def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]]) -> list[WebhookDelivery]:
+    """`notify_enqueue` for several (user id, event) pairs: one look-up of the notify URLs;
+    a delivery row and a send task only for users who set one."""
+    user_ids = {user_id for user_id, _ in events}
+    urls = {str(pk): url for pk, url in User.objects.filter(pk__in=user_ids)
+            .exclude(notify_url="").values_list("pk", "notify_url")}
+    if not urls:
+        return []
+    now = timezone.now()
+    deliveries = WebhookDelivery.objects.bulk_create([
+        WebhookDelivery(user_id=user_id, url=urls[str(user_id)],
+                        event=str(event.get("event", "")), payload=event, next_attempt_at=now)
+        for user_id, event in events if str(user_id) in urls])
     from django_q.tasks import async_task
 
-    async_task("users.notifications.notify_deliver", delivery.pk, group="notify")
-    return delivery
+    for delivery in deliveries:
+        async_task("users.notifications.notify_deliver", delivery.pk, group="notify")
+    return deliveries
 
 
 def notify_deliver(delivery_id: int) -> str:

@@ -41,6 +41,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
@@ -454,18 +455,7 @@ class _Driver:
         return locked, None
 
     def _chain_outcome(self, details: TransactionDetails) -> ChainOutcome:
-        treasury = self.signer.pubkey
-        spent = -details.lamport_delta(treasury)
-        tokens: dict[str, int] = {}
-        pre = {b.account: b for b in details.pre_token_balances if b.owner == treasury}
-        post = {b.account: b for b in details.post_token_balances if b.owner == treasury}
-        for account in set(pre) | set(post):
-            before = pre[account].amount if account in pre else 0
-            after = post[account].amount if account in post else 0
-            mint = str((pre.get(account) or post[account]).mint)
-            tokens[mint] = tokens.get(mint, 0) + before - after
-        return ChainOutcome(fee_lamports=details.fee, outflow_lamports=spent - details.fee,
-                            token_outflows={m: a for m, a in tokens.items() if a})
+        return chain_outcome_of(details, self.signer.pubkey)
 
     # -- endings ---------------------------------------------------------------------------
 
@@ -498,6 +488,21 @@ class _Driver:
                     state=A.EXPIRED, closed_reason=closing_reason[:200])
             _fail(execution=locked, quote=quote, reason=reason, message=message,
                   actor=self.actor, details=details)
+
+
+def chain_outcome_of(details: TransactionDetails, treasury: Pubkey) -> ChainOutcome:
+    """What a landed transaction did to the treasury, read from the chain's own record."""
+    spent = -details.lamport_delta(treasury)
+    tokens: dict[str, int] = {}
+    pre = {b.account: b for b in details.pre_token_balances if b.owner == treasury}
+    post = {b.account: b for b in details.post_token_balances if b.owner == treasury}
+    for account in set(pre) | set(post):
+        before = pre[account].amount if account in pre else 0
+        after = post[account].amount if account in post else 0
+        mint = str((pre.get(account) or post[account]).mint)
+        tokens[mint] = tokens.get(mint, 0) + before - after
+    return ChainOutcome(fee_lamports=details.fee, outflow_lamports=spent - details.fee,
+                        token_outflows={m: a for m, a in tokens.items() if a})
 
 
 def _fail(*, execution: Execution, quote: Quote, reason: str, message: str, actor: str,

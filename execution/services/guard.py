@@ -41,7 +41,7 @@ from solders.transaction import VersionedTransaction
 
 from config.errors import ServiceError
 from execution.models import FailReason
-from execution.solana.backend import SolanaBackend
+from execution.solana.backend import SolanaBackend, SolanaError
 from quotes.models import Quote
 from quotes.solana_tx import execution_fee_lamports, work_from_instructions
 
@@ -159,9 +159,9 @@ def _simulation_error_verdict(err: Any, logs: list[str]) -> GuardVerdict:
     return _refused(FailReason.SIMULATION_FAILED, "Simulation failed", err=err, logs=tail)
 
 
-def outflow_guard_check(*, backend: SolanaBackend, tx: VersionedTransaction, quote: Quote,
-                        treasury: Pubkey) -> GuardVerdict:
-    """Simulate `tx` and decide whether it may be sent for `quote` (see module docstring)."""
+def _shape_verdict(*, tx: VersionedTransaction, quote: Quote, treasury: Pubkey
+                   ) -> GuardVerdict | None:
+    """Check 1 (no RPC): a refusal, or None when the shape is right."""
     message = tx.message
     if isinstance(message, MessageV0) and message.address_table_lookups:
         return _refused(FailReason.INVALID_TRANSACTION, "Address lookup tables are not allowed")
@@ -175,8 +175,49 @@ def outflow_guard_check(*, backend: SolanaBackend, tx: VersionedTransaction, quo
         reason = (FailReason.PROGRAM_NOT_ALLOWED if exc.code == "PROGRAM_NOT_ALLOWED"
                   else FailReason.INVALID_TRANSACTION)
         return _refused(reason, exc.message, **exc.details)
+    return None
 
-    writable = _writable_keys(message)
+
+def outflow_guard_check_many(*, backend: SolanaBackend,
+                             items: list[tuple[VersionedTransaction, Quote]],
+                             treasury: Pubkey) -> list[GuardVerdict | None]:
+    """`outflow_guard_check` for a batch, in three RPC round trips for all of it: the other
+    accounts of every transaction read once before, all simulations at once, the accounts
+    read once after. None where this pass could not decide (an RPC error, or accounts that
+    moved meanwhile): the caller then asks `outflow_guard_check` for that one alone."""
+    verdicts: list[GuardVerdict | None] = [
+        _shape_verdict(tx=tx, quote=quote, treasury=treasury) for tx, quote in items]
+    pending = [i for i, verdict in enumerate(verdicts) if verdict is None]
+    if not pending:
+        return verdicts
+    writable = {i: _writable_keys(items[i][0].message) for i in pending}
+    others = {i: [k for k in writable[i] if k != treasury] for i in pending}
+    every_other = list(dict.fromkeys(k for i in pending for k in others[i]))
+    try:
+        before = backend.accounts(every_other) if every_other else {}
+        simulations = backend.simulate_many([(items[i][0], writable[i]) for i in pending])
+        after = backend.accounts(every_other) if every_other else {}
+    except SolanaError:
+        return verdicts
+    for i, simulation in zip(pending, simulations, strict=True):
+        if isinstance(simulation, SolanaError):
+            continue
+        if simulation.err is not None:
+            verdicts[i] = _simulation_error_verdict(simulation.err, simulation.logs)
+        elif all(_state(before[k]) == _state(after[k]) for k in others[i]):
+            verdicts[i] = _judge(quote=items[i][1], treasury=treasury, others=others[i],
+                                 before=before, post=simulation.post_accounts,
+                                 units=simulation.units_consumed)
+    return verdicts
+
+
+def outflow_guard_check(*, backend: SolanaBackend, tx: VersionedTransaction, quote: Quote,
+                        treasury: Pubkey) -> GuardVerdict:
+    """Simulate `tx` and decide whether it may be sent for `quote` (see module docstring)."""
+    refusal = _shape_verdict(tx=tx, quote=quote, treasury=treasury)
+    if refusal is not None:
+        return refusal
+    writable = _writable_keys(tx.message)
     others = [k for k in writable if k != treasury]
     for attempt in range(STABLE_READ_TRIES):
         before = backend.accounts(others) if others else {}

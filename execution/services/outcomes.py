@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from config.chains import Chain
 from execution.models import Execution
 from quotes.models import Quote, QuoteStatus
-from quotes.services.transitions import quote_transition
-from risk.services.breaker import breaker_record_execution_outcome
+from quotes.services.transitions import quote_transition, quote_transition_many
+from risk.services.breaker import (
+    breaker_record_execution_outcome,
+    breaker_record_execution_successes,
+)
 from risk.services.limits import risk_release_execution
-from settlement.ledger import Leg, account_code, ledger_post
+from settlement.ledger import EntrySpec, Leg, account_code, ledger_post, ledger_post_many
 from settlement.models import FundingPayment, FundingPaymentStatus
 from settlement.services.balances import balance_release_quote, balance_settle_quote
 from settlement.services.refunds import refund_create, refund_destination
-from settlement.services.settlements import settlement_open
+from settlement.services.settlements import settlement_open, settlement_open_many
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +64,9 @@ def _customer_funds_account(quote: Quote) -> str:
     return account_code("customer_funds", quote.source_chain, quote.source_asset)
 
 
-def _book_chain_outcome(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
-                        signature: str) -> None:
+def _chain_outcome_entry(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
+                         signature: str) -> EntrySpec | None:
+    """The ledger entry of what a landed transaction cost the treasury (None: nothing)."""
     sol = "SOL"
     legs = [Leg(account_code("treasury", Chain.SOLANA, sol), sol, -outcome.lamports_spent)]
     if outcome.outflow_lamports:
@@ -73,10 +78,29 @@ def _book_chain_outcome(*, execution: Execution, quote: Quote, outcome: ChainOut
             legs += [Leg(account_code("treasury", Chain.SOLANA, mint), mint, -amount),
                      Leg(account_code("delivered", Chain.SOLANA, mint), mint, amount)]
     if outcome.lamports_spent == 0 and not any(outcome.token_outflows.values()):
-        return
-    ledger_post(reference=f"execution:{execution.pk}", kind="execution",
-                description=f"Solana execution of quote {quote.pk}", legs=legs,
-                quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+        return None
+    return EntrySpec(reference=f"execution:{execution.pk}", kind="execution",
+                     description=f"Solana execution of quote {quote.pk}", legs=legs,
+                     quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+
+
+def _revenue_entry(*, quote: Quote, signature: str) -> EntrySpec:
+    """The customer's payment is earned (a quote paid by a chain payment)."""
+    total = int(quote.total_cost)
+    return EntrySpec(reference=f"revenue:{quote.pk}", kind="revenue",
+                     description=f"Quote {quote.pk} executed: the payment is earned",
+                     legs=[Leg(_customer_funds_account(quote), quote.source_asset, total),
+                           Leg(account_code("revenue", quote.source_chain, quote.source_asset),
+                               quote.source_asset, -total)],
+                     quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+
+
+def _book_chain_outcome(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
+                        signature: str) -> None:
+    entry = _chain_outcome_entry(execution=execution, quote=quote, outcome=outcome,
+                                 signature=signature)
+    if entry is not None:
+        ledger_post(**vars(entry))
 
 
 def execution_book_success(*, execution: Execution, quote: Quote, outcome: ChainOutcome,
@@ -92,19 +116,68 @@ def execution_book_success(*, execution: Execution, quote: Quote, outcome: Chain
     # A balance-funded quote is earned from the user's lock (same `revenue:<quote>`
     # reference, so whichever entry comes first is the only one).
     if not (quote.pay_from_balance and balance_settle_quote(quote=quote, actor=actor)):
-        total = int(quote.total_cost)
-        ledger_post(reference=f"revenue:{quote.pk}", kind="revenue",
-                    description=f"Quote {quote.pk} executed: the payment is earned",
-                    legs=[Leg(_customer_funds_account(quote), quote.source_asset, total),
-                          Leg(account_code("revenue", quote.source_chain, quote.source_asset),
-                              quote.source_asset, -total)],
-                    quote_id=quote.pk, user_id=quote.user_id, tx_hash=signature)
+        ledger_post(**vars(_revenue_entry(quote=quote, signature=signature)))
     settlement_open(execution=execution, funding_payment=funding_payment_of(quote), actor=actor)
     # The chain's own post-transaction treasury balance, when the caller read it: the
     # breaker's hourly-outflow ratio then needs no ledger aggregate.
     breaker_record_execution_outcome(success=True, outflow_lamports=outcome.lamports_spent,
                                      quote=quote,
                                      treasury_balance_lamports=treasury_balance_lamports)
+
+
+@dataclass(frozen=True)
+class Landed:
+    """One execution of a batch whose transaction landed and succeeded."""
+
+    execution: Execution  # locked, with its quote (locked too) loaded
+    outcome: ChainOutcome
+    signature: str
+
+
+def execution_book_successes(*, landed: list[Landed], actor: str,
+                             treasury_balance_lamports: int) -> None:
+    """`execution_book_success` for a batch, in the transaction that confirms them: the
+    same rows, written a statement per kind instead of per execution. Quotes paid from a
+    prepaid balance are not batched (the executor drives them one by one)."""
+    if not landed:
+        return
+    for item in landed:
+        if item.execution.quote.pay_from_balance:
+            raise ValueError("a balance-funded quote is booked by execution_book_success")
+    quote_transition_many(
+        quotes=[item.execution.quote for item in landed], to_status=QuoteStatus.EXECUTED,
+        actor=actor, expected_from={QuoteStatus.EXECUTING},
+        details={item.execution.quote_id: {
+            "execution_id": str(item.execution.pk),
+            "fee_lamports": str(item.outcome.fee_lamports),
+            "outflow_lamports": str(item.outcome.outflow_lamports)} for item in landed},
+        tx_hashes={item.execution.quote_id: item.signature for item in landed})
+    entries: list[EntrySpec] = []
+    for item in landed:
+        quote = item.execution.quote
+        chain_entry = _chain_outcome_entry(execution=item.execution, quote=quote,
+                                           outcome=item.outcome, signature=item.signature)
+        if chain_entry is not None:
+            entries.append(chain_entry)
+        entries.append(_revenue_entry(quote=quote, signature=item.signature))
+    ledger_post_many(entries)
+    payments = funding_payments_of([item.execution.quote_id for item in landed])
+    settlement_open_many(opened=[(item.execution, payments.get(item.execution.quote_id))
+                                 for item in landed], actor=actor)
+    breaker_record_execution_successes(
+        outflows={item.execution.quote_id: item.outcome.lamports_spent for item in landed},
+        treasury_balance_lamports=treasury_balance_lamports)
+
+
+def funding_payments_of(quote_ids: list[Any]) -> dict[Any, FundingPayment]:
+    """`funding_payment_of` for many quotes in one query (the earliest matching payment)."""
+    found: dict[Any, FundingPayment] = {}
+    for payment in (FundingPayment.objects
+                    .filter(quote_id__in=quote_ids,
+                            status__in=[FundingPaymentStatus.MATCHED, FundingPaymentStatus.OVERPAID])
+                    .order_by("received_at")):
+        found.setdefault(payment.quote_id, payment)
+    return found
 
 
 def execution_book_failure(*, execution: Execution, quote: Quote, reason: str, message: str,

@@ -24,7 +24,7 @@ from config.events import publish_after_commit
 from execution.models import Execution, ExecutionStatus, ExecutionTransition
 from quotes.models import Quote
 from quotes.services.transitions import quote_status_event
-from risk.audit import audit_record
+from risk.audit import audit_record, audit_record_many
 
 E = ExecutionStatus
 ALLOWED: dict[str, set[str]] = {
@@ -90,3 +90,50 @@ def execution_record_created(*, execution: Execution, actor: str, quote: Quote) 
     audit_record(event_type="execution_pending", actor=actor, entity_type="execution",
                  entity_id=execution.pk, user_id=quote.user_id,
                  details={"quote_id": str(quote.pk)})
+
+
+def execution_transition_many(*, executions: list[Execution], to_status: str, actor: str,
+                              fields: dict[Any, dict[str, Any]] | None = None,
+                              details: dict[Any, dict[str, Any]] | None = None) -> None:
+    """`execution_transition` for many executions the caller has locked: one UPDATE (per
+    distinct set of changed columns), one INSERT of history rows, one of audit rows.
+
+    `fields` and `details` are keyed by execution id. Each execution's `quote` must be
+    loaded (the audit row names the quote and its user). Events are the caller's to
+    publish: one per quote per transaction, carrying the execution's final state.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("execution_transition_many must run inside transaction.atomic()")
+    for execution in executions:
+        if to_status not in ALLOWED[execution.status]:
+            raise InvalidExecutionTransition(
+                f"Execution is {execution.status}; it cannot become {to_status}",
+                details={"status": execution.status, "requested": to_status})
+    if not executions:
+        return
+    now = timezone.now()
+    fields, details = fields or {}, details or {}
+    history, audits = [], []
+    changed: set[str] = {"status", "updated_at"}
+    for execution in executions:
+        previous = execution.status
+        execution.status, execution.updated_at = to_status, now
+        for name, value in fields.get(execution.pk, {}).items():
+            setattr(execution, name, value)
+            changed.add(name)
+        why = details.get(execution.pk) or {}
+        signature = execution.signature
+        history.append(ExecutionTransition(execution=execution, from_status=previous,
+                                           to_status=to_status, at=now, actor=actor,
+                                           details=why, signature=signature))
+        audits.append({"event_type": f"execution_{to_status}", "actor": actor,
+                       "entity_type": "execution", "entity_id": execution.pk,
+                       "user_id": execution.quote.user_id,
+                       "details": {"quote_id": str(execution.quote_id), "from": previous,
+                                   "to": to_status, "signature": signature, **why}})
+    if len(executions) == 1:
+        executions[0].save(update_fields=sorted(changed))
+    else:
+        Execution.objects.bulk_update(executions, sorted(changed))
+    ExecutionTransition.objects.bulk_create(history)
+    audit_record_many(audits)

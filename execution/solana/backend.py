@@ -425,25 +425,52 @@ class SolanaBackend:
                 accounts_encoding="base64",
             )
         )
-        value = resp.value
-        err = _json_field(value, "err")
-        post: dict[Pubkey, Account | None] = {}
-        if err is None and value.accounts is not None:
-            for pubkey, ui_account in zip(addresses, value.accounts, strict=True):
-                post[pubkey] = _account_from_ui(ui_account)
-        replacement = None
-        if value.replacement_blockhash is not None:
-            replacement = (
-                Hash.from_string(str(value.replacement_blockhash.blockhash)),
-                int(value.replacement_blockhash.last_valid_block_height),
-            )
-        return SimulationResult(
-            err=err,
-            logs=list(value.logs or []),
-            units_consumed=int(value.units_consumed or 0),
-            post_accounts=post,
-            replacement_blockhash=replacement,
-        )
+        return _simulation_result(resp, addresses)
+
+    def _many(self, makes: Sequence[Any]) -> list[Any]:
+        """Several requests at once on the client's connection pool (a batch's simulations,
+        sends, transaction reads): each item is the response or the SolanaError it raised.
+        One thread hop for the whole batch instead of one per request."""
+        _, client = self._ensure_started()
+
+        async def gather() -> list[Any]:
+            return list(await asyncio.gather(*(make(client) for make in makes),
+                                             return_exceptions=True))
+
+        results = self._run(gather())
+        return [_map_exception(r) if isinstance(r, BaseException) else r for r in results]
+
+    def simulate_many(self, requests: Sequence[tuple[VersionedTransaction, Sequence[Pubkey]]]
+                      ) -> list[SimulationResult | SolanaError]:
+        """`simulate` of several transactions at once (no retries: a caller that gets an
+        error for one simply asks again for that one)."""
+        makes = [
+            (lambda c, tx=tx, keys=list(keys): c.simulate_transaction(
+                tx, sig_verify=False, accounts_addresses=keys or None,
+                accounts_encoding="base64"))
+            for tx, keys in requests
+        ]
+        return [r if isinstance(r, SolanaError) else _simulation_result(r, list(keys))
+                for r, (_, keys) in zip(self._many(makes), requests, strict=True)]
+
+    def send_raw_many(self, raws: Sequence[bytes]) -> list[Signature | SolanaError]:
+        """`send_raw` of several transactions at once. An error for one means that one
+        may or may not have been executed: only its signature status can tell."""
+        opts = TxOpts(skip_preflight=True, skip_confirmation=True,
+                      preflight_commitment=self.commitment, max_retries=0)
+        results = self._many([(lambda c, raw=raw: c.send_raw_transaction(raw, opts))
+                              for raw in raws])
+        return [r if isinstance(r, SolanaError) else r.value for r in results]
+
+    def transactions(self, signatures: Sequence[Signature]
+                     ) -> list[TransactionDetails | None | SolanaError]:
+        """`transaction` for several signatures at once."""
+        results = self._many([
+            (lambda c, sig=sig: c.get_transaction(sig, encoding="json",
+                                                  max_supported_transaction_version=0))
+            for sig in signatures])
+        return [r if isinstance(r, SolanaError) else
+                (None if r.value is None else _transaction_details(r.value)) for r in results]
 
     def signature_statuses(self, signatures: Sequence[Signature]) -> list[SignatureState | None]:
         """Statuses searched in the whole history (not only the recent status cache)."""
@@ -503,6 +530,28 @@ class SolanaBackend:
         """requestAirdrop (sandbox faucet, devnet/testnet faucets)."""
         _, client = self._ensure_started()
         return self._run(client.request_airdrop(pubkey, lamports)).value
+
+
+def _simulation_result(resp: Any, addresses: list[Pubkey]) -> SimulationResult:
+    value = resp.value
+    err = _json_field(value, "err")
+    post: dict[Pubkey, Account | None] = {}
+    if err is None and value.accounts is not None:
+        for pubkey, ui_account in zip(addresses, value.accounts, strict=True):
+            post[pubkey] = _account_from_ui(ui_account)
+    replacement = None
+    if value.replacement_blockhash is not None:
+        replacement = (
+            Hash.from_string(str(value.replacement_blockhash.blockhash)),
+            int(value.replacement_blockhash.last_valid_block_height),
+        )
+    return SimulationResult(
+        err=err,
+        logs=list(value.logs or []),
+        units_consumed=int(value.units_consumed or 0),
+        post_accounts=post,
+        replacement_blockhash=replacement,
+    )
 
 
 def _account_from_ui(ui_account: Any) -> Account | None:

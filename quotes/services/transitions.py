@@ -20,7 +20,7 @@ from django.utils import timezone
 from config.errors import Conflict
 from config.events import publish_after_commit
 from quotes.models import Quote, QuoteStatus, QuoteTransition
-from risk.audit import audit_record
+from risk.audit import audit_record, audit_record_many
 
 S = QuoteStatus
 ALLOWED: dict[str, set[str]] = {
@@ -35,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     S.REFUNDED: set(),
 }
 FINAL = {S.EXECUTED, S.EXPIRED, S.CANCELLED, S.REFUNDED}
+
+_UNKNOWN = object()  # "not given", where None is a valid value
 
 _TIMESTAMP_FIELD: dict[str, str] = {S.COMMITTED: "committed_at", S.EXECUTED: "executed_at"}
 
@@ -51,11 +53,12 @@ def lock_quote(quote_id: Any) -> Quote:
 def quote_transition(*, quote_id: Any, to_status: str, actor: str,
                      details: dict[str, Any] | None = None, tx_hash: str = "",
                      expected_from: set[str] | None = None,
-                     quote: Quote | None = None) -> Quote:
+                     quote: Quote | None = None, publish: bool = True) -> Quote:
     """Move a quote to `to_status`. Must run inside `transaction.atomic()`.
 
     `expected_from` narrows the allowed sources further (e.g. only `pending` may be
-    committed by a payment). Pass `quote` when the caller already holds its lock.
+    committed by a payment). Pass `quote` when the caller already holds its lock, and
+    `publish=False` when the caller publishes the status event with its own events.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("quote_transition must run inside transaction.atomic()")
@@ -82,24 +85,81 @@ def quote_transition(*, quote_id: Any, to_status: str, actor: str,
                  entity_id=quote.pk, user_id=quote.user_id,
                  details={"from": previous, "to": to_status, "tx_hash": tx_hash,
                           **(details or {})})
-    publish_after_commit(event=quote_status_event(quote, previous=previous, at=now),
-                         user_id=quote.user_id, quote_id=quote.pk)
+    if publish:
+        publish_after_commit(event=quote_status_event(quote, previous=previous, at=now),
+                             user_id=quote.user_id, quote_id=quote.pk)
     return quote
 
 
-def quote_status_event(quote: Quote, *, previous: str | None, at: Any = None) -> dict[str, Any]:
-    """The one event shape for quote status, live and on (re)connect (DESIGN.md §7)."""
+def quote_transition_many(*, quotes: list[Quote], to_status: str, actor: str,
+                          expected_from: set[str], details: dict[Any, dict[str, Any]],
+                          tx_hashes: dict[Any, str] | None = None) -> None:
+    """`quote_transition` for many quotes the caller has locked, in a few statements: one
+    UPDATE, one INSERT of transition rows, one of audit rows. Every quote must be in a
+    status of `expected_from` that may become `to_status`, or nothing is written.
+
+    Events are the caller's to publish (it knows the execution each one carries).
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("quote_transition_many must run inside transaction.atomic()")
+    for quote in quotes:
+        if quote.status not in expected_from or to_status not in ALLOWED[quote.status]:
+            raise InvalidTransition(
+                f"Quote is {quote.status}; it cannot become {to_status}",
+                details={"status": quote.status, "requested": to_status})
+    if not quotes:
+        return
+    now = timezone.now()
+    hashes = tx_hashes or {}
+    change: dict[str, Any] = {"status": to_status, "updated_at": now}
+    if to_status in _TIMESTAMP_FIELD:
+        change[_TIMESTAMP_FIELD[to_status]] = now
+    updated = Quote.objects.filter(pk__in=[q.pk for q in quotes],
+                                   status__in=list(expected_from)).update(**change)
+    if updated != len(quotes):  # the caller's locks make this impossible; never guess
+        raise InvalidTransition("A quote changed under its lock",
+                                details={"expected": len(quotes), "updated": updated})
+    transitions, audits = [], []
+    for quote in quotes:
+        previous = quote.status
+        for name, value in change.items():
+            setattr(quote, name, value)
+        why = details.get(quote.pk) or {}
+        tx_hash = hashes.get(quote.pk, "")
+        transitions.append(QuoteTransition(quote=quote, from_status=previous,
+                                           to_status=to_status, at=now, actor=actor,
+                                           details=why, tx_hash=tx_hash))
+        audits.append({"event_type": f"quote_{to_status}", "actor": actor,
+                       "entity_type": "quote", "entity_id": quote.pk, "user_id": quote.user_id,
+                       "details": {"from": previous, "to": to_status, "tx_hash": tx_hash,
+                                   **why}})
+    QuoteTransition.objects.bulk_create(transitions)
+    audit_record_many(audits)
+
+
+def quote_status_event(quote: Quote, *, previous: str | None, at: Any = None,
+                       execution_summary: object = _UNKNOWN) -> dict[str, Any]:
+    """The one event shape for quote status, live and on (re)connect (DESIGN.md §7).
+    Pass `execution_summary` when it is already known (saves a query)."""
     return {
         "event": "quote.status",
         "quote_id": str(quote.pk),
         "status": quote.status,
         "previous": previous,
-        "execution": _execution_summary(quote),
+        "execution": (_execution_summary(quote) if execution_summary is _UNKNOWN
+                      else execution_summary),
         "at": (at or quote.updated_at or timezone.now()).isoformat(),
     }
+
+
+# A quote in these states has never had an execution (it is created in the transaction
+# that moves the quote to `executing`), so its events need no look-up.
+_BEFORE_EXECUTION = frozenset({S.PENDING, S.COMMITTED, S.EXPIRED, S.CANCELLED})
 
 
 def _execution_summary(quote: Quote) -> dict[str, Any] | None:
     from execution.selectors import execution_summary
 
+    if quote.status in _BEFORE_EXECUTION:
+        return None
     return execution_summary(quote)

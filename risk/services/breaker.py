@@ -268,6 +268,26 @@ def breaker_record_execution_outcome(*, success: bool, outflow_lamports: int = 0
         breaker_check_hourly_outflow(treasury_balance_lamports=treasury_balance_lamports)
 
 
+def breaker_record_execution_successes(*, outflows: dict[Any, int],
+                                       treasury_balance_lamports: int) -> None:
+    """`breaker_record_execution_outcome(success=True, ...)` for a batch of landed
+    executions: `outflows` maps quote id → lamports spent (fee included). One streak reset,
+    one reservation update, one outflow insert, one hourly check with the chain's latest
+    treasury balance."""
+    from risk.services.reservations import risk_consume_executions
+
+    with transaction.atomic():
+        CircuitBreaker.objects.filter(pk=1, consecutive_failures__gt=0).update(
+            consecutive_failures=0, updated_at=timezone.now())
+        risk_consume_executions(list(outflows))
+        spent = [TreasuryOutflow(quote_id=quote_id, lamports=lamports)
+                 for quote_id, lamports in outflows.items() if lamports > 0]
+        if not spent:
+            return
+        TreasuryOutflow.objects.bulk_create(spent, ignore_conflicts=True)
+        breaker_check_hourly_outflow(treasury_balance_lamports=treasury_balance_lamports)
+
+
 def _record_failure() -> None:
     updated = CircuitBreaker.objects.filter(pk=1).update(
         consecutive_failures=F("consecutive_failures") + 1, updated_at=timezone.now())

@@ -47,9 +47,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import ServiceError, Unavailable
-from config.events import publish_after_commit
+from config.events import Published, publish_after_commit_many
 from quotes.models import Quote, QuoteStatus
-from quotes.services.transitions import lock_quote, quote_transition
+from quotes.services.transitions import lock_quote, quote_status_event, quote_transition
 from risk.audit import audit_record
 from settlement.chains.base import ChainUnavailable, PaymentInvalid, VerifiedPayment
 from settlement.ledger import Leg, account_code, ledger_post
@@ -179,8 +179,13 @@ def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
                      "refund": str(outcome.refund.amount) if outcome.refund else None},
         )
         if payment.user_id is not None:
-            publish_after_commit(event=payment_event(outcome), user_id=payment.user_id,
-                                 quote_id=payment.quote_id)
+            events: list[Published] = []
+            if outcome.committed and outcome.quote is not None:
+                quote = outcome.quote  # its transition left the status event to us
+                events.append((quote_status_event(quote, previous=Q.PENDING,
+                                                  at=quote.committed_at), quote.user_id, quote.pk))
+            events.append((payment_event(outcome), payment.user_id, payment.quote_id))
+            publish_after_commit_many(events)
         return outcome
 
 
@@ -344,8 +349,9 @@ def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: Veri
     committed = status in (P.MATCHED, P.OVERPAID)
     _finish(payment, status, quote=quote)
     if committed:
+        # The status event leaves with the payment's own (payment_record), in one send.
         quote_transition(quote_id=quote.pk, quote=quote, to_status=Q.COMMITTED, actor=actor,
-                         expected_from={Q.PENDING}, tx_hash=payment.tx_hash,
+                         expected_from={Q.PENDING}, tx_hash=payment.tx_hash, publish=False,
                          details={"funding_payment_id": str(payment.pk), "chain": chain,
                                   "amount": str(amount), "total_cost": str(due)})
     _book(payment,

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from config.errors import Conflict, InvalidRequest, NotFound
 from execution.models import Execution, ExecutionStatus
-from risk.audit import audit_record
+from risk.audit import audit_record, audit_record_many
 from settlement.models import (
     FundingPayment,
     FundingPaymentStatus,
@@ -76,6 +76,40 @@ def settlement_open(*, execution: Execution, funding_payment: FundingPayment | N
                           "source_tx_hash": settlement.source_tx_hash,
                           "source_amount": str(quote.total_cost)})
     return settlement
+
+
+def settlement_open_many(*, opened: list[tuple[Execution, FundingPayment | None]],
+                         actor: str = "system:execution") -> None:
+    """`settlement_open` for a batch of executions that confirmed in the caller's
+    transaction (so none has a settlement yet; UNIQUE(execution) would refuse a twin)."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("settlement_open_many must run inside transaction.atomic()")
+    if not opened:
+        return
+    settlements = Settlement.objects.bulk_create([
+        Settlement(execution=execution, funding_payment=payment, status=SettlementStatus.PENDING,
+                   source_chain=execution.quote.source_chain,
+                   source_tx_hash=payment.tx_hash if payment else "",
+                   source_amount=execution.quote.total_cost)
+        for execution, payment in opened
+    ])
+    SettlementTransition.objects.bulk_create([
+        SettlementTransition(settlement=settlement, from_status="",
+                             to_status=SettlementStatus.PENDING, actor=actor,
+                             details={"execution_id": str(execution.pk),
+                                      "quote_id": str(execution.quote_id)},
+                             tx_hash=settlement.source_tx_hash)
+        for settlement, (execution, _) in zip(settlements, opened, strict=True)
+    ])
+    audit_record_many([
+        {"event_type": "settlement_pending", "actor": actor, "entity_type": "settlement",
+         "entity_id": settlement.pk, "user_id": execution.quote.user_id,
+         "details": {"execution_id": str(execution.pk), "quote_id": str(execution.quote_id),
+                     "source_chain": execution.quote.source_chain,
+                     "source_tx_hash": settlement.source_tx_hash,
+                     "source_amount": str(execution.quote.total_cost)}}
+        for settlement, (execution, _) in zip(settlements, opened, strict=True)
+    ])
 
 
 # -- lifecycle after opening (seed 004): verify, settle, fail, time out, retry ---------------

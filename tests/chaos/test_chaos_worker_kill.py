@@ -1,7 +1,8 @@
 """The worker SIGKILLed at random points while it executes paid quotes.
 
 40 quotes are created and paid over real HTTP (daphne); each payment commits its quote and
-enqueues its execution. The whole django-q2 cluster (every process of it) is then killed
+enqueues its execution (the executor takes waiting quotes along in small batches). The
+whole django-q2 cluster (every process of it) is then killed
 with SIGKILL every 0.5-1.5 s, several times, and started again; the Solana RPC answers a
 little slowly so executions are caught between signing, sending and confirming. Then the
 periodic jobs (recovery of stuck executions, re-enqueue of lost tasks) are fired and the
@@ -44,7 +45,9 @@ def test_worker_killed_at_random_points_executes_every_quote_exactly_once(chain,
     clock = Clock()
     transactions_before = chain_transaction_count(chain)
 
-    with ChaosStack(stack_env()) as stack:
+    # Small batches (the executor takes up to EXECUTION_BATCH_SIZE waiting quotes at once),
+    # so the 40 quotes are several batches and the kills land inside and between them.
+    with ChaosStack(stack_env(EXECUTION_BATCH_SIZE="3")) as stack:
         customer = Customer(stack.base_url)
         planned = []
         for i in range(QUOTES):
@@ -55,7 +58,7 @@ def test_worker_killed_at_random_points_executes_every_quote_exactly_once(chain,
 
         # Slow answers stretch each execution over several RPC round trips, so the kills
         # land between its steps rather than between executions.
-        chain.admin.inject_faults(slow_requests=1_000_000, slow_ms=40)
+        chain.admin.inject_faults(slow_requests=1_000_000, slow_ms=100)
         for quote, _, _ in planned:
             assert customer.pay(quote)["status"] == "committed"
         paid_at = clock()

@@ -136,8 +136,12 @@ def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[obje
 
 @pytest.fixture
 def sandbox(solana_sandbox):
-    """The session sandbox, with no fault left pending before or after the test."""
+    """The session sandbox, with no fault left pending before or after the test, and no
+    blockhash cached from a previous test (which may have expired it on purpose)."""
+    from execution.services.chain import recent_blockhash
+
     solana_sandbox.admin.clear_faults()
+    recent_blockhash(solana_sandbox.backend, fresh=True)
     yield solana_sandbox
     solana_sandbox.admin.clear_faults()
 
@@ -150,3 +154,16 @@ def in_memory_channel_layer(settings):
     the real layer is covered by the WebSocket tests; worker processes publish from one
     thread each."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(params=["single", "batch"])
+def run_execution(request) -> Callable[[Quote], object]:
+    """Both ways a committed quote is executed: the single driver (`execution_run`, which
+    recovery and leftovers use) and the batch the `execute_quote` task runs, each fault
+    proven on both."""
+    from execution.services.batch import execution_run_batch
+    from execution.services.executor import execution_run
+
+    entry = execution_run if request.param == "single" else execution_run_batch
+    return lambda quote: entry(quote_id=quote.pk)
+

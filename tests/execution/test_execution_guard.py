@@ -16,7 +16,6 @@ from spl.token import models as token_models
 from spl.token.constants import TOKEN_PROGRAM_ID
 
 from execution.models import Execution, ExecutionAttempt
-from execution.services.executor import execution_run
 from execution.solana import spl
 from quotes.models import Quote
 from risk.models import SpendReservation
@@ -48,7 +47,7 @@ def _assert_refused_before_sending(sandbox, quote: Quote, reason: str, transacti
     assert_books_balanced()
 
 
-def test_a_second_transfer_hidden_in_the_message_is_refused(sandbox):
+def test_a_second_transfer_hidden_in_the_message_is_refused(sandbox, run_execution):
     thief = Keypair().pubkey()
     hidden = spl.sol_transfer(sandbox.treasury, thief, 5 * 10**9)
     quote, recipient = sol_quote(sandbox, 1_000_000, extra=[hidden])
@@ -56,7 +55,7 @@ def test_a_second_transfer_hidden_in_the_message_is_refused(sandbox):
     assert int(quote.max_lamports_spend) == 1_000_000 + 5_000
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "OUTFLOW_EXCEEDS_QUOTE", before)
     assert sandbox.balance(thief) == 0 and sandbox.balance(recipient) == 0
@@ -64,41 +63,41 @@ def test_a_second_transfer_hidden_in_the_message_is_refused(sandbox):
     assert details["lamports_spend"] == str(1_000_000 + 5 * 10**9 + 5_000)
 
 
-def test_instructions_moving_more_sol_than_the_stored_bound_are_refused(sandbox):
+def test_instructions_moving_more_sol_than_the_stored_bound_are_refused(sandbox, run_execution):
     fee = 5_000
     quote, recipient = sol_quote(sandbox, 2_000_000, max_lamports_spend=1_000_000 + fee)
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "OUTFLOW_EXCEEDS_QUOTE", before)
     assert sandbox.balance(recipient) == 0
 
 
-def test_more_tokens_than_quoted_are_refused(sandbox):
+def test_more_tokens_than_quoted_are_refused(sandbox, run_execution):
     quote, recipient_account = usdc_quote(sandbox, 5_000_000, token_bound=1_000_000)
     before = chain_transaction_count(sandbox)
     treasury_usdc = sandbox.token_balance(sandbox.treasury_usdc_account)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "OUTFLOW_EXCEEDS_QUOTE", before)
     assert sandbox.token_balance(recipient_account) == 0
     assert sandbox.token_balance(sandbox.treasury_usdc_account) == treasury_usdc
 
 
-def test_tokens_of_a_mint_the_quote_never_mentions_are_refused(sandbox):
+def test_tokens_of_a_mint_the_quote_never_mentions_are_refused(sandbox, run_execution):
     quote, recipient_account = usdc_quote(sandbox, 1_000)
     Quote.objects.filter(pk=quote.pk).update(token_outflows={})
     quote.refresh_from_db()
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "OUTFLOW_EXCEEDS_QUOTE", before)
 
 
-def test_a_delegation_of_the_treasurys_tokens_is_refused(sandbox):
+def test_a_delegation_of_the_treasurys_tokens_is_refused(sandbox, run_execution):
     """Approve moves nothing now (simulation shows no outflow) and drains later."""
     thief = Keypair().pubkey()
     approve = token_ix.approve(token_models.ApproveParams(
@@ -108,23 +107,23 @@ def test_a_delegation_of_the_treasurys_tokens_is_refused(sandbox):
                                  outflow_lamports=1)
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "PROGRAM_NOT_ALLOWED", before)
 
 
-def test_a_program_outside_the_allow_list_is_refused(sandbox):
+def test_a_program_outside_the_allow_list_is_refused(sandbox, run_execution):
     rogue = Instruction(Keypair().pubkey(), b"\x01",
                         [AccountMeta(sandbox.treasury, is_signer=True, is_writable=True)])
     quote = make_committed_quote(instructions=[rogue], outflow_lamports=0)
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "PROGRAM_NOT_ALLOWED", before)
 
 
-def test_a_transaction_that_fails_in_simulation_is_never_sent(sandbox):
+def test_a_transaction_that_fails_in_simulation_is_never_sent(sandbox, run_execution):
     """Transfer from an account the treasury does not control: simulation fails."""
     stranger = Keypair().pubkey()
     sandbox.admin.airdrop(stranger, 10**9)
@@ -134,19 +133,19 @@ def test_a_transaction_that_fails_in_simulation_is_never_sent(sandbox):
     quote = make_committed_quote(instructions=[ix], outflow_lamports=0)
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "SIMULATION_FAILED", before)
     assert sandbox.balance(stranger) == 10**9
 
 
-def test_a_treasury_that_cannot_pay_is_reported_as_insufficient_treasury(sandbox, settings):
+def test_a_treasury_that_cannot_pay_is_reported_as_insufficient_treasury(sandbox, settings, run_execution):
     # The risk limits would refuse this first; lift them to reach the chain's own answer.
     settings.PER_TRANSACTION_LIMIT_SOL = settings.SOLANA_DAILY_LIMIT = Decimal(10**9)
     settings.USER_DAILY_LIMIT_SOL = Decimal(10**9)
     quote, recipient = sol_quote(sandbox, sandbox.balance(sandbox.treasury) + 10**9)
     before = chain_transaction_count(sandbox)
 
-    assert execution_run(quote_id=quote.pk).outcome == "failed"
+    assert run_execution(quote).outcome == "failed"
 
     _assert_refused_before_sending(sandbox, quote, "INSUFFICIENT_TREASURY", before)

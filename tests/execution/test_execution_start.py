@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from execution.models import Execution
-from execution.services.executor import execution_start
+from execution.services.executor import execution_run, execution_start
 from execution.services.recovery import execution_recover_stuck, execution_resume_waiting
 from execution.tasks import execute_quote
 from quotes.models import Quote
@@ -54,7 +54,7 @@ def test_resume_waiting_skips_fresh_and_started_quotes(sandbox):
     Quote.objects.filter(pk=old.pk).update(committed_at=timezone.now() - timezone.timedelta(minutes=5))
     started, _ = sol_quote(sandbox, 1_000)
     Quote.objects.filter(pk=started.pk).update(committed_at=timezone.now() - timezone.timedelta(minutes=5))
-    execute_quote(str(started.pk))
+    execution_run(quote_id=started.pk)  # this one alone (the task would batch the others)
 
     assert execution_resume_waiting(older_than_seconds=30) == 1
     assert _queued_quote_ids() == [str(old.pk)]

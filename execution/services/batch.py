@@ -1,0 +1,444 @@
+"""Executing committed quotes in batches: the executor's steps, one transaction per step
+for the whole batch.
+
+The single-execution driver (`executor.py`) spends most of its time on bookkeeping
+round trips: five transactions and ~85 statements per execution. Under load many quotes
+are committed and waiting at once, so a worker takes up to EXECUTION_BATCH_SIZE of them
+(its own first, then the oldest others, `FOR UPDATE SKIP LOCKED` so two workers never take
+the same one) and walks them through the SAME states with the same guarantees:
+
+1. start     one transaction: executions created, spend reserved (risk), quotes
+             `executing`, a session advisory lease taken on every execution (as
+             `execution_lease` does, so no single driver can touch them meanwhile)
+2. sign      every transaction built and signed; one transaction stores all attempts
+             (signature, bytes, last valid height): `signed`, never sent
+3. guard     the other accounts read once, all simulations at once, read again;
+             the bound is judged per transaction exactly as `outflow_guard_check` does
+4. submit    one transaction: `submitted` and send counted, for all; then all sent
+5. confirm   one getSignatureStatuses for all, the landed ones' transactions read at once
+6. record    one transaction: executions `confirmed`, quotes `executed`, the ledger,
+             settlements, risk and breaker bookkeeping for all
+
+Anything that leaves the straight road (a refusal, an RPC error, a transaction that does
+not land within a few seconds, a program error, a quote paid from a prepaid balance) is
+released from the batch and driven by the single driver, whose every branch the fault
+tests cover. Leaving the batch is always safe: the states are the single driver's, so the
+next step is decided from what is stored, never from what the batch was about to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, Value, When
+from django.utils import timezone
+from solders.signature import Signature
+from solders.transaction import VersionedTransaction
+
+from config.errors import ServiceError
+from config.events import publish_after_commit_many
+from execution.models import Execution, ExecutionAttempt, ExecutionStatus, ExecutionTransition, FailReason
+from execution.selectors import execution_summary_of
+from execution.services.chain import recent_blockhash, solana_backend, treasury_signer
+from execution.services.executor import (
+    _LANDED_STATUSES,
+    ACTOR,
+    RunResult,
+    _fail,
+    _lease_key,
+    chain_outcome_of,
+    execution_run,
+)
+from execution.services.faults import crash_point
+from execution.services.guard import outflow_guard_check_many
+from execution.services.outcomes import Landed, execution_book_successes
+from execution.services.transitions import execution_transition_many
+from execution.solana.backend import SignatureState, SolanaError, TransactionDetails
+from execution.solana.signer import SignerError
+from quotes.models import Quote, QuoteStatus
+from quotes.services.transitions import quote_status_event, quote_transition_many
+from quotes.solana_tx import build_execution_message, execution_memo
+from risk.audit import audit_record_many
+from risk.errors import CircuitBreakerOpen, InsufficientTreasury
+from risk.services.reservations import risk_reserve_executions
+
+logger = logging.getLogger(__name__)
+
+E = ExecutionStatus
+A = ExecutionAttempt.State
+EXECUTE_TASK = "execution.tasks.execute_quote"
+
+
+@dataclass
+class _Item:
+    """One execution travelling with the batch."""
+
+    execution: Execution
+    tx: VersionedTransaction | None = None
+    attempt: ExecutionAttempt | None = None
+    verdict_details: dict[str, Any] = field(default_factory=dict)
+    state: SignatureState | None = None
+    details: TransactionDetails | None = None
+
+    @property
+    def quote(self) -> Quote:
+        return self.execution.quote
+
+
+class _BreakerOpen(Exception):
+    """Raised inside the start transaction to roll it back while the breaker is open."""
+
+
+def execution_run_batch(*, quote_id: Any, actor: str = ACTOR) -> RunResult:
+    """Execute a committed quote, taking other waiting ones along (the `execute_quote`
+    task). Safe to call any number of times, from any number of workers at once."""
+    quote_id = _as_uuid(quote_id)
+    if quote_id is None:
+        return RunResult("noop")
+    batch = _Batch(actor=actor, own_quote_id=quote_id)
+    try:
+        claimed = batch.start()
+    except _BreakerOpen:
+        return RunResult("waiting")
+    batch.run()
+    execution: Execution | None
+    if quote_id in claimed:
+        execution = Execution.objects.get(pk=claimed[quote_id])
+    else:
+        # Under load most deliveries find their quote taken along by an earlier batch:
+        # one read answers them when it is already done.
+        execution = Execution.objects.filter(quote_id=quote_id).first()
+    if execution is not None and execution.status in (E.CONFIRMED, E.FAILED):
+        return RunResult.of(execution)
+    # Not batched (another worker has it, it is already running or done, it is paid from a
+    # balance), or it left the batch: the single driver decides what is left to do.
+    return execution_run(quote_id=quote_id, actor=actor)
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+class _Batch:
+    def __init__(self, *, actor: str, own_quote_id: uuid.UUID) -> None:
+        self.actor = actor
+        self.own_quote_id = own_quote_id
+        self.size = int(settings.EXECUTION_BATCH_SIZE)
+        self.confirm_seconds = float(settings.EXECUTION_BATCH_CONFIRM_SECONDS)
+        self.items: list[_Item] = []
+        self.leftovers: list[Any] = []  # execution ids for the single driver
+        self.leased: list[Any] = []
+
+    # -- 1. start ------------------------------------------------------------------------
+
+    def start(self) -> dict[Any, Any]:
+        """Claim up to `size` committed quotes (ours first, then the longest waiting) and
+        start them. Returns {quote id: execution id} of the quotes this batch started."""
+        with transaction.atomic():
+            quotes = list(
+                Quote.objects.select_for_update(skip_locked=True)
+                .filter(status=QuoteStatus.COMMITTED, pay_from_balance=False)
+                .order_by(Case(When(pk=self.own_quote_id, then=Value(0)), default=Value(1)),
+                          "committed_at")[: self.size])
+            if not quotes:
+                return {}
+            executions = Execution.objects.bulk_create([Execution(quote=q) for q in quotes])
+            for execution, quote in zip(executions, quotes, strict=True):
+                execution.quote = quote
+            ExecutionTransition.objects.bulk_create([
+                ExecutionTransition(execution=e, from_status="", to_status=E.PENDING,
+                                    actor=self.actor, details={"quote_id": str(e.quote_id)})
+                for e in executions])
+            audit_record_many([
+                {"event_type": "execution_pending", "actor": self.actor,
+                 "entity_type": "execution", "entity_id": e.pk, "user_id": e.quote.user_id,
+                 "details": {"quote_id": str(e.quote_id)}} for e in executions])
+            try:
+                refused = risk_reserve_executions(quotes)
+            except CircuitBreakerOpen:
+                raise _BreakerOpen from None
+            started = []
+            for execution in executions:
+                refusal = refused.get(execution.quote_id)
+                if refusal is None:
+                    started.append(execution)
+                    continue
+                _fail(execution=execution, quote=execution.quote,
+                      reason=(FailReason.INSUFFICIENT_TREASURY
+                              if isinstance(refusal, InsufficientTreasury)
+                              else FailReason.RISK_REJECTED),
+                      message=f"{refusal.code}: {refusal.message}", actor=self.actor)
+            quote_transition_many(
+                quotes=[e.quote for e in started], to_status=QuoteStatus.EXECUTING,
+                actor=self.actor, expected_from={QuoteStatus.COMMITTED},
+                details={e.quote_id: {"execution_id": str(e.pk)} for e in started})
+            self._publish(started, previous=QuoteStatus.COMMITTED)
+            # Leases before commit: nobody can know these executions before it anyway.
+            self._lease([e.pk for e in started])
+            self.items = [_Item(execution=e) for e in started]
+        return {e.quote_id: e.pk for e in executions}
+
+    # -- the rest ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self.items:
+            return
+        try:
+            self._sign()
+            self._guard_and_submit()
+            self._confirm()
+            self._record()
+        except Exception:
+            logger.exception("execution batch failed; its executions go to the single driver")
+            self.leftovers += [item.execution.pk for item in self.items]
+            self.items = []
+            self._flag_leftovers()
+        finally:
+            self._release()
+        self._hand_over()
+
+    def _drop(self, item: _Item) -> None:
+        self.leftovers.append(item.execution.pk)
+
+    # -- 2. sign -------------------------------------------------------------------------
+
+    def _sign(self) -> None:
+        backend, signer = solana_backend(), treasury_signer()
+        blockhash, last_valid = recent_blockhash(backend)
+        signed: list[_Item] = []
+        for item in self.items:
+            quote = item.quote
+            try:
+                message = build_execution_message(
+                    quote.instructions, int(quote.estimated_compute_units),
+                    int(quote.priority_fee_micro_lamports), execution_memo(item.execution.pk),
+                    signer.pubkey, blockhash)
+                item.tx = signer.sign_transaction(message)
+            except (ServiceError, SignerError):
+                self._drop(item)  # the single driver fails it with the reason
+                continue
+            signed.append(item)
+        if not signed:
+            self.items = []
+            return
+        with transaction.atomic():
+            locked = self._lock(signed, status=E.PENDING)
+            attempts = ExecutionAttempt.objects.bulk_create([
+                ExecutionAttempt(execution=item.execution, number=1,
+                                 signature=str(item.tx.signatures[0]),  # type: ignore[union-attr]
+                                 signed_transaction=bytes(item.tx),  # type: ignore[arg-type]
+                                 blockhash=str(blockhash), last_valid_block_height=last_valid)
+                for item in locked])
+            for item, attempt in zip(locked, attempts, strict=True):
+                item.attempt = attempt
+            execution_transition_many(
+                executions=[item.execution for item in locked], to_status=E.SIGNED,
+                actor=self.actor,
+                fields={item.execution.pk: {"signature": item.attempt.signature,  # type: ignore[union-attr]
+                                            "attempt_count": 1} for item in locked},
+                details={item.execution.pk: {"attempt": 1, "last_valid_block_height": last_valid}
+                         for item in locked})
+            # No event: "signed" is stored-not-sent, milliseconds before "submitted".
+        self.items = locked
+        crash_point("after_sign")
+
+    # -- 3 + 4. guard, then submit and send ---------------------------------------------------
+
+    def _guard_and_submit(self) -> None:
+        if not self.items:
+            return
+        backend, signer = solana_backend(), treasury_signer()
+        verdicts = outflow_guard_check_many(
+            backend=backend, treasury=signer.pubkey,
+            items=[(item.tx, item.quote) for item in self.items])  # type: ignore[misc]
+        cleared = []
+        for item, verdict in zip(self.items, verdicts, strict=True):
+            if verdict is None or not verdict.ok:
+                self._drop(item)  # refusals, expiries, RPC trouble: decided alone
+                continue
+            item.verdict_details = {"attempt": 1,
+                                    "simulated_lamports_spend": str(verdict.lamports_spend),
+                                    "simulated_units": verdict.units_consumed}
+            cleared.append(item)
+        if not cleared:
+            self.items = []
+            return
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self._lock(cleared, status=E.SIGNED)
+            ExecutionAttempt.objects.filter(pk__in=[item.attempt.pk for item in locked],  # type: ignore[union-attr]
+                                            state=A.SIGNED).update(send_count=1, last_sent_at=now)
+            execution_transition_many(
+                executions=[item.execution for item in locked], to_status=E.SUBMITTED,
+                actor=self.actor,
+                fields={item.execution.pk: {"submitted_at": now} for item in locked},
+                details={item.execution.pk: item.verdict_details for item in locked})
+            self._publish([item.execution for item in locked], previous=QuoteStatus.EXECUTING)
+        self.items = locked
+        results = backend.send_raw_many([bytes(item.attempt.signed_transaction)  # type: ignore[union-attr]
+                                         for item in locked])
+        for result in results:
+            if isinstance(result, SolanaError):
+                # The node may or may not have it: only the signature status can tell.
+                logger.info("send outcome unknown; asking the chain",
+                            extra={"error": repr(result)[:300]})
+        crash_point("after_send")
+
+    # -- 5. confirm ------------------------------------------------------------------------
+
+    def _confirm(self) -> None:
+        if not self.items:
+            return
+        backend = solana_backend()
+        deadline = time.monotonic() + self.confirm_seconds
+        waiting, landed = list(self.items), []
+        pause = 0.005
+        while waiting:
+            try:
+                states = backend.signature_statuses(
+                    [Signature.from_string(item.attempt.signature) for item in waiting])  # type: ignore[union-attr]
+            except SolanaError:
+                states = [None] * len(waiting)
+            still = []
+            for item, state in zip(waiting, states, strict=True):
+                if state is not None and state.confirmation_status in _LANDED_STATUSES:
+                    item.state = state
+                    landed.append(item)
+                else:
+                    still.append(item)
+            waiting = still
+            if not waiting or time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)
+            pause = min(0.2, pause * 2)
+        for item in waiting:
+            self._drop(item)  # not landed (yet): resends and expiry are the driver's
+        details = backend.transactions(
+            [Signature.from_string(item.attempt.signature) for item in landed])  # type: ignore[union-attr]
+        self.items = []
+        for item, found in zip(landed, details, strict=True):
+            if isinstance(found, TransactionDetails) and found.err is None and (
+                    item.state is not None and item.state.err is None):
+                item.details = found
+                self.items.append(item)
+            else:
+                self._drop(item)  # not readable yet, or a program error: the driver records it
+
+    # -- 6. record -----------------------------------------------------------------------
+
+    def _record(self) -> None:
+        if not self.items:
+            return
+        treasury = treasury_signer().pubkey
+        with transaction.atomic():
+            locked = self._lock(self.items, status=E.SUBMITTED)
+            now = timezone.now()
+            ExecutionAttempt.objects.filter(
+                pk__in=[item.attempt.pk for item in locked]).update(state=A.LANDED)  # type: ignore[union-attr]
+            landed, fields, facts = [], {}, {}
+            for item in locked:
+                details = item.details
+                assert details is not None and item.attempt is not None
+                outcome = chain_outcome_of(details, treasury)
+                fields[item.execution.pk] = {
+                    "fee_lamports": outcome.fee_lamports,
+                    "compute_units_consumed": details.compute_units_consumed,
+                    "treasury_outflow_lamports": outcome.outflow_lamports,
+                    "slot": details.slot, "needs_recovery": False, "confirmed_at": now}
+                facts[item.execution.pk] = {
+                    "attempt": item.attempt.number, "slot": details.slot,
+                    "fee_lamports": str(outcome.fee_lamports),
+                    "compute_units": details.compute_units_consumed,
+                    "outflow_lamports": str(outcome.outflow_lamports),
+                    "token_outflows": {m: str(a) for m, a in outcome.token_outflows.items()}}
+                landed.append(Landed(execution=item.execution, outcome=outcome,
+                                     signature=item.attempt.signature))
+            execution_transition_many(executions=[item.execution for item in locked],
+                                      to_status=E.CONFIRMED, actor=self.actor, fields=fields,
+                                      details=facts)
+            # The latest landed transaction's view of the treasury: the breaker's hourly
+            # ratio then needs no ledger aggregate.
+            newest = max(locked, key=lambda item: item.details.slot)  # type: ignore[union-attr]
+            balance = newest.details.post_balances[  # type: ignore[union-attr]
+                newest.details.account_keys.index(treasury)]  # type: ignore[union-attr]
+            execution_book_successes(landed=landed, actor=self.actor,
+                                     treasury_balance_lamports=balance)
+            self._publish([item.execution for item in locked], previous=QuoteStatus.EXECUTING)
+        self.items = []
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _lock(self, items: list[_Item], *, status: str) -> list[_Item]:
+        """Lock the items' executions (and quotes); keep those still in `status`. Others
+        moved on under someone else (an operator's action): the single driver looks."""
+        by_id = {item.execution.pk: item for item in items}
+        rows = {e.pk: e for e in Execution.objects.select_for_update().select_related("quote")
+                .filter(pk__in=list(by_id)).order_by("pk")}
+        kept = []
+        for pk, item in by_id.items():
+            row = rows.get(pk)
+            if row is None or row.status != status or (
+                    item.attempt is not None and row.signature != item.attempt.signature):
+                self._drop(item)
+                continue
+            item.execution = row
+            kept.append(item)
+        return kept
+
+    def _publish(self, executions: list[Execution], *, previous: str) -> None:
+        publish_after_commit_many([
+            (quote_status_event(execution.quote, previous=previous, at=execution.updated_at,
+                                execution_summary=execution_summary_of(execution)),
+             execution.quote.user_id, execution.quote_id)
+            for execution in executions])
+
+    def _lease(self, execution_ids: list[Any]) -> None:
+        keys = [_lease_key(pk) for pk in execution_ids]
+        if not keys:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT bool_and(pg_try_advisory_lock(k)) FROM unnest(%s::bigint[]) k",
+                           [keys])
+            if not cursor.fetchone()[0]:  # fresh ids: nobody else can hold them
+                raise RuntimeError("a new execution's lease was taken")
+        self.leased = keys
+
+    def _release(self) -> None:
+        if not self.leased:
+            return
+        keys, self.leased = self.leased, []
+        # A dead connection released them already.
+        with contextlib.suppress(Exception), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) k", [keys])
+
+    def _flag_leftovers(self) -> None:
+        with contextlib.suppress(Exception):
+            Execution.objects.filter(pk__in=self.leftovers).exclude(
+                status__in=[E.CONFIRMED, E.FAILED]).update(needs_recovery=True,
+                                                          updated_at=timezone.now())
+
+    def _hand_over(self) -> None:
+        """Queue every execution that left the batch for the single driver (its quote's own
+        task may have come and gone while the batch held the lease)."""
+        if not self.leftovers:
+            return
+        from django_q.tasks import async_task
+
+        # The caller drives its own quote itself, right after.
+        quote_ids = Execution.objects.filter(pk__in=self.leftovers).exclude(
+            status__in=[E.CONFIRMED, E.FAILED]).exclude(quote_id=self.own_quote_id).values_list(
+            "quote_id", flat=True)
+        for quote_id in quote_ids:
+            async_task(EXECUTE_TASK, str(quote_id), task_name=f"execute_quote:{quote_id}",
+                       group="execution")
+        self.leftovers = []
