@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             "QUOTE_TTL_SECONDS": "1800",
             # A fresh database has no 24 h quote history: any burst would look like a spike.
             "VOLUME_SPIKE_FLOOR": str(10**9),
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             "PYTHONPATH": str(REPO_ROOT),
             "REDIS_URL": args.redis,
         })

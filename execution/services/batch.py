@@ -102,24 +102,42 @@ def execution_run_batch(*, quote_id: Any, actor: str = ACTOR) -> RunResult:
     quote_id = _as_uuid(quote_id)
     if quote_id is None:
         return RunResult("noop")
+    # Under load most deliveries find their quote already taken along by an earlier
+    # batch: one read answers them. Only a committed quote starts a batch.
+    status, done = _quote_progress(quote_id)
+    if done is not None:
+        return done
+    if status != QuoteStatus.COMMITTED:
+        # Running in someone's batch (the single driver answers "busy"), left behind by a
+        # crash, or paid from a balance: the single driver decides what is left to do.
+        return execution_run(quote_id=quote_id, actor=actor)
     batch = _Batch(actor=actor, own_quote_id=quote_id)
     try:
         claimed = batch.start()
     except _BreakerOpen:
         return RunResult("waiting")
     batch.run()
-    execution: Execution | None
     if quote_id in claimed:
         execution = Execution.objects.get(pk=claimed[quote_id])
-    else:
-        # Under load most deliveries find their quote taken along by an earlier batch:
-        # one read answers them when it is already done.
-        execution = Execution.objects.filter(quote_id=quote_id).first()
-    if execution is not None and execution.status in (E.CONFIRMED, E.FAILED):
-        return RunResult.of(execution)
-    # Not batched (another worker has it, it is already running or done, it is paid from a
-    # balance), or it left the batch: the single driver decides what is left to do.
+        if execution.status in (E.CONFIRMED, E.FAILED):
+            return RunResult.of(execution)
+    # Not batched (another worker took it meanwhile, or it is paid from a balance), or it
+    # left the batch: the single driver decides what is left to do.
     return execution_run(quote_id=quote_id, actor=actor)
+
+
+def _quote_progress(quote_id: uuid.UUID) -> tuple[str | None, RunResult | None]:
+    """(the quote's status, the result of its execution when that is final), one read."""
+    row = (Quote.objects.filter(pk=quote_id)
+           .values_list("status", "execution__id", "execution__status",
+                        "execution__signature", "execution__fail_reason").first())
+    if row is None:
+        return None, None
+    status, execution_id, execution_status, signature, fail_reason = row
+    if execution_id is not None and execution_status in (E.CONFIRMED, E.FAILED):
+        return status, RunResult(str(execution_status), str(execution_id), signature or "",
+                                 str(fail_reason or ""))
+    return status, None
 
 
 def _as_uuid(value: Any) -> uuid.UUID | None:
@@ -138,12 +156,14 @@ class _Batch:
         self.items: list[_Item] = []
         self.leftovers: list[Any] = []  # execution ids for the single driver
         self.leased: list[Any] = []
+        self.started_ms = 0.0
 
     # -- 1. start ------------------------------------------------------------------------
 
     def start(self) -> dict[Any, Any]:
         """Claim up to `size` committed quotes (ours first, then the longest waiting) and
         start them. Returns {quote id: execution id} of the quotes this batch started."""
+        began = time.monotonic()
         with transaction.atomic():
             quotes = list(
                 Quote.objects.select_for_update(skip_locked=True)
@@ -186,6 +206,7 @@ class _Batch:
             # Leases before commit: nobody can know these executions before it anyway.
             self._lease([e.pk for e in started])
             self.items = [_Item(execution=e) for e in started]
+        self.started_ms = round(1000 * (time.monotonic() - began), 1)
         return {e.quote_id: e.pk for e in executions}
 
     # -- the rest ------------------------------------------------------------------------
@@ -193,11 +214,16 @@ class _Batch:
     def run(self) -> None:
         if not self.items:
             return
+        size, timings = len(self.items), {}
         try:
-            self._sign()
-            self._guard_and_submit()
-            self._confirm()
-            self._record()
+            for name, step in (("sign", self._sign), ("guard_send", self._guard_and_submit),
+                               ("confirm", self._confirm), ("record", self._record)):
+                began = time.monotonic()
+                step()
+                timings[name] = round(1000 * (time.monotonic() - began), 1)
+            logger.info("execution batch done", extra={
+                "size": size, "left_to_single_driver": len(self.leftovers),
+                "started_ms": self.started_ms, "step_ms": timings})
         except Exception:
             logger.exception("execution batch failed; its executions go to the single driver")
             self.leftovers += [item.execution.pk for item in self.items]
@@ -285,8 +311,11 @@ class _Batch:
                 details={item.execution.pk: item.verdict_details for item in locked})
             self._publish([item.execution for item in locked], previous=QuoteStatus.EXECUTING)
         self.items = locked
-        results = backend.send_raw_many([bytes(item.attempt.signed_transaction)  # type: ignore[union-attr]
-                                         for item in locked])
+        try:
+            results: list[Any] = backend.send_raw_many(
+                [bytes(item.attempt.signed_transaction) for item in locked])  # type: ignore[union-attr]
+        except SolanaError as exc:  # no answer to the batch: each may or may not have landed
+            results = [exc] * len(locked)
         for result in results:
             if isinstance(result, SolanaError):
                 # The node may or may not have it: only the signature status can tell.
@@ -323,8 +352,11 @@ class _Batch:
             pause = min(0.2, pause * 2)
         for item in waiting:
             self._drop(item)  # not landed (yet): resends and expiry are the driver's
-        details = backend.transactions(
-            [Signature.from_string(item.attempt.signature) for item in landed])  # type: ignore[union-attr]
+        try:
+            details: list[Any] = backend.transactions(
+                [Signature.from_string(item.attempt.signature) for item in landed])  # type: ignore[union-attr]
+        except SolanaError as exc:
+            details = [exc] * len(landed)
         self.items = []
         for item, found in zip(landed, details, strict=True):
             if isinstance(found, TransactionDetails) and found.err is None and (

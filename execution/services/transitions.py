@@ -19,6 +19,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from config.bulk import update_rows
 from config.errors import Conflict
 from config.events import publish_after_commit
 from execution.models import Execution, ExecutionStatus, ExecutionTransition
@@ -131,9 +132,7 @@ def execution_transition_many(*, executions: list[Execution], to_status: str, ac
                        "user_id": execution.quote.user_id,
                        "details": {"quote_id": str(execution.quote_id), "from": previous,
                                    "to": to_status, "signature": signature, **why}})
-    if len(executions) == 1:
-        executions[0].save(update_fields=sorted(changed))
-    else:
-        Execution.objects.bulk_update(executions, sorted(changed))
+    update_rows(Execution, {e.pk: {name: getattr(e, name) for name in changed}
+                            for e in executions})
     ExecutionTransition.objects.bulk_create(history)
     audit_record_many(audits)

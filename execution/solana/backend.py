@@ -47,6 +47,12 @@ from solders.message import Message, MessageV0
 from solders.pubkey import Pubkey
 from solders.rpc import errors as rpc_errors
 from solders.rpc.errors import RpcCustomErrorFieldless
+from solders.rpc.responses import (
+    GetTransactionResp,
+    RPCError,
+    SendTransactionResp,
+    SimulateTransactionResp,
+)
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
@@ -167,6 +173,9 @@ def _map_exception(exc: BaseException) -> SolanaError:
         return SolanaRpcError(str(exc))
     # The node answered something the SDK could not parse.
     return SolanaRpcError(f"unexpected RPC answer: {type(exc).__name__}: {exc}")
+
+
+RPC_ERRORS = RPCError.__args__  # type: ignore[attr-defined]  # the parsed error classes
 
 
 # -- results --------------------------------------------------------------------------------
@@ -427,48 +436,79 @@ class SolanaBackend:
         )
         return _simulation_result(resp, addresses)
 
-    def _many(self, makes: Sequence[Any]) -> list[Any]:
-        """Several requests at once on the client's connection pool (a batch's simulations,
-        sends, transaction reads): each item is the response or the SolanaError it raised.
-        One thread hop for the whole batch instead of one per request."""
+    def _batch(self, requests: Sequence[Any], parsers: Sequence[Any]) -> list[Any]:
+        """Several requests in ONE JSON-RPC batch (one HTTP round trip, one thread hop):
+        the requests are the ones the AsyncClient itself builds (its body builders), sent
+        through its own HTTP session, parsed by solders. Each item of the answer is the
+        response or the SolanaError that request got; a transport failure raises.
+        """
+        if not requests:
+            return []
         _, client = self._ensure_started()
+        calls = []
+        for number, request in enumerate(requests):
+            call = json.loads(request.to_json())
+            call["id"] = number
+            calls.append(call)
+        body = json.dumps(calls, separators=(",", ":"))
+        provider = client._provider  # the client's own transport: same limits, no retries
 
-        async def gather() -> list[Any]:
-            return list(await asyncio.gather(*(make(client) for make in makes),
-                                             return_exceptions=True))
+        async def post() -> str:
+            response = await provider._post_request(body, {"Content-Type": "application/json"})
+            response.raise_for_status()
+            return str(response.text)
 
-        results = self._run(gather())
-        return [_map_exception(r) if isinstance(r, BaseException) else r for r in results]
+        try:
+            raw = self._run(post())
+        except httpx2.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status >= 500 or status == 429:
+                raise SolanaUnavailable(f"HTTP {status} from RPC node") from None
+            raise SolanaRpcError(f"HTTP {status} from RPC node", code=status) from None
+        answers = json.loads(raw)
+        if not isinstance(answers, list):  # the node refused the batch as a whole
+            raise SolanaRpcError(f"RPC batch refused: {raw[:200]}")
+        by_id = {answer.get("id"): answer for answer in answers if isinstance(answer, dict)}
+        out: list[Any] = []
+        for number, parser in enumerate(parsers):
+            answer = by_id.get(number)
+            if answer is None:
+                out.append(SolanaRpcError(f"no answer to batch item {number}"))
+                continue
+            parsed = parser.from_json(json.dumps(answer))
+            out.append(_from_rpc_exception(RPCException(parsed))
+                       if isinstance(parsed, RPC_ERRORS) else parsed)
+        return out
 
     def simulate_many(self, requests: Sequence[tuple[VersionedTransaction, Sequence[Pubkey]]]
                       ) -> list[SimulationResult | SolanaError]:
-        """`simulate` of several transactions at once (no retries: a caller that gets an
-        error for one simply asks again for that one)."""
-        makes = [
-            (lambda c, tx=tx, keys=list(keys): c.simulate_transaction(
-                tx, sig_verify=False, accounts_addresses=keys or None,
-                accounts_encoding="base64"))
-            for tx, keys in requests
-        ]
+        """`simulate` of several transactions in one batch (no retries: a caller that gets
+        an error for one simply asks again for that one)."""
+        _, client = self._ensure_started()
+        bodies = [client._simulate_transaction_body(tx, False, None, False, None, False,
+                                                    list(keys) or None, "base64")
+                  for tx, keys in requests]
+        results = self._batch(bodies, [SimulateTransactionResp] * len(bodies))
         return [r if isinstance(r, SolanaError) else _simulation_result(r, list(keys))
-                for r, (_, keys) in zip(self._many(makes), requests, strict=True)]
+                for r, (_, keys) in zip(results, requests, strict=True)]
 
     def send_raw_many(self, raws: Sequence[bytes]) -> list[Signature | SolanaError]:
-        """`send_raw` of several transactions at once. An error for one means that one
-        may or may not have been executed: only its signature status can tell."""
+        """`send_raw` of several transactions in one batch. An error for one (or for the
+        whole batch) means it may or may not have been executed: only its signature status
+        can tell."""
+        _, client = self._ensure_started()
         opts = TxOpts(skip_preflight=True, skip_confirmation=True,
                       preflight_commitment=self.commitment, max_retries=0)
-        results = self._many([(lambda c, raw=raw: c.send_raw_transaction(raw, opts))
-                              for raw in raws])
+        bodies = [client._send_raw_transaction_body(raw, opts) for raw in raws]
+        results = self._batch(bodies, [SendTransactionResp] * len(bodies))
         return [r if isinstance(r, SolanaError) else r.value for r in results]
 
     def transactions(self, signatures: Sequence[Signature]
                      ) -> list[TransactionDetails | None | SolanaError]:
-        """`transaction` for several signatures at once."""
-        results = self._many([
-            (lambda c, sig=sig: c.get_transaction(sig, encoding="json",
-                                                  max_supported_transaction_version=0))
-            for sig in signatures])
+        """`transaction` for several signatures in one batch."""
+        _, client = self._ensure_started()
+        bodies = [client._get_transaction_body(sig, "json", None, 0) for sig in signatures]
+        results = self._batch(bodies, [GetTransactionResp] * len(bodies))
         return [r if isinstance(r, SolanaError) else
                 (None if r.value is None else _transaction_details(r.value)) for r in results]
 

@@ -369,3 +369,35 @@ def test_unreachable_node_raises_solana_unavailable() -> None:
             backend.block_height()
         with pytest.raises(SolanaUnavailable):
             backend.send_raw(b"\x00" * 10)
+
+
+def test_batched_calls_answer_each_request_and_fail_alone(sandbox: Sandbox) -> None:
+    """The executor's batches: sends, simulations and transaction reads, each a JSON-RPC
+    batch in one round trip, answered per request, an error belonging to its request."""
+    payer = sandbox.funded()
+    recipients = [Keypair().pubkey() for _ in range(3)]
+    txs = [_transfer(sandbox, payer, to, (n + 1) * SOL)[0] for n, to in enumerate(recipients)]
+    broke = Keypair()  # no lamports: its simulation fails on its own
+    bad, _ = _transfer(sandbox, broke, Keypair().pubkey(), SOL)
+
+    simulations = sandbox.backend.simulate_many([(tx, [to]) for tx, to in zip(txs, recipients)]
+                                                + [(bad, [])])
+    assert [s.err for s in simulations[:3]] == [None, None, None]  # type: ignore[union-attr]
+    assert [s.post_accounts[to].lamports for s, to in zip(simulations, recipients)] == [  # type: ignore[union-attr]
+        SOL, 2 * SOL, 3 * SOL]
+    assert simulations[3].err is not None  # type: ignore[union-attr]
+
+    signatures = sandbox.backend.send_raw_many([bytes(tx) for tx in txs])
+    assert signatures == [tx.signatures[0] for tx in txs]
+    details = sandbox.backend.transactions([tx.signatures[0] for tx in txs] + [Keypair().sign_message(b"x")])
+    assert [d.lamport_delta(to) for d, to in zip(details[:3], recipients)] == [  # type: ignore[union-attr]
+        SOL, 2 * SOL, 3 * SOL]
+    assert details[3] is None  # never seen: no transaction, not an error
+
+    # A lost answer to the whole batch: the sends happened, the caller cannot know it.
+    more = [_transfer(sandbox, payer, Keypair().pubkey(), SOL)[0] for _ in range(2)]
+    sandbox.admin.inject_faults(lose_send_responses=1)
+    with pytest.raises(SolanaUnavailable):
+        sandbox.backend.send_raw_many([bytes(tx) for tx in more])
+    states = sandbox.backend.signature_statuses([tx.signatures[0] for tx in more])
+    assert all(state is not None and state.err is None for state in states)
