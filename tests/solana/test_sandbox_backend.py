@@ -380,17 +380,17 @@ def test_batched_calls_answer_each_request_and_fail_alone(sandbox: Sandbox) -> N
     broke = Keypair()  # no lamports: its simulation fails on its own
     bad, _ = _transfer(sandbox, broke, Keypair().pubkey(), SOL)
 
-    simulations = sandbox.backend.simulate_many([(tx, [to]) for tx, to in zip(txs, recipients)]
+    simulations = sandbox.backend.simulate_many([(tx, [to]) for tx, to in zip(txs, recipients, strict=True)]
                                                 + [(bad, [])])
     assert [s.err for s in simulations[:3]] == [None, None, None]  # type: ignore[union-attr]
-    assert [s.post_accounts[to].lamports for s, to in zip(simulations, recipients)] == [  # type: ignore[union-attr]
+    assert [s.post_accounts[to].lamports for s, to in zip(simulations[:3], recipients, strict=True)] == [  # type: ignore[union-attr]
         SOL, 2 * SOL, 3 * SOL]
     assert simulations[3].err is not None  # type: ignore[union-attr]
 
     signatures = sandbox.backend.send_raw_many([bytes(tx) for tx in txs])
     assert signatures == [tx.signatures[0] for tx in txs]
     details = sandbox.backend.transactions([tx.signatures[0] for tx in txs] + [Keypair().sign_message(b"x")])
-    assert [d.lamport_delta(to) for d, to in zip(details[:3], recipients)] == [  # type: ignore[union-attr]
+    assert [d.lamport_delta(to) for d, to in zip(details[:3], recipients, strict=True)] == [  # type: ignore[union-attr]
         SOL, 2 * SOL, 3 * SOL]
     assert details[3] is None  # never seen: no transaction, not an error
 
