@@ -52,7 +52,7 @@ from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import lock_quote, quote_status_event, quote_transition
 from risk.audit import audit_record
 from settlement.chains.base import ChainUnavailable, PaymentInvalid, VerifiedPayment
-from settlement.ledger import Leg, account_code, ledger_post
+from settlement.ledger import EntrySpec, Leg, account_code, ledger_post_many
 from settlement.models import FundingPayment, FundingPaymentStatus, Refund
 from settlement.services.balances import balance_apply, balance_publish, lock_balance
 from settlement.services.refunds import refund_create, refund_destination
@@ -306,9 +306,11 @@ def _book(payment: FundingPayment, credits: list[tuple[str, str, int]], *, kind:
     legs = [Leg(account_code("treasury", chain, asset), asset, amount)]
     legs += [Leg(account_code(kind_, scope, asset), asset, -value)
              for kind_, scope, value in credits if value]
-    ledger_post(reference=f"payment:{chain}:{payment.tx_hash}", kind=kind,
-                description=description, legs=legs, quote_id=payment.quote_id,
-                user_id=payment.user_id, tx_hash=payment.tx_hash)
+    # The reference names the payment row this transaction just inserted (UNIQUE per chain
+    # and hash), so it is new: no savepoint for a duplicate that cannot happen.
+    ledger_post_many([EntrySpec(reference=f"payment:{chain}:{payment.tx_hash}", kind=kind,
+                                description=description, legs=legs, quote_id=payment.quote_id,
+                                user_id=payment.user_id, tx_hash=payment.tx_hash)])
 
 
 def _finish(payment: FundingPayment, status: str, *, quote: Quote | None = None,
