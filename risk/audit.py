@@ -9,26 +9,25 @@ from config.logging import scrub
 from risk.models import AuditEvent
 
 
+def audit_event(*, event_type: str, actor: str, entity_type: str = "", entity_id: Any = "",
+                user_id: Any = None, details: dict[str, Any] | None = None) -> AuditEvent:
+    """The audit row, built and scrubbed but not saved (for callers that insert it with
+    other rows in one statement)."""
+    return AuditEvent(event_type=event_type, actor=actor, entity_type=entity_type,
+                      entity_id=str(entity_id or ""), user_id=user_id,
+                      details=scrub(details or {}))
+
+
 def audit_record(*, event_type: str, actor: str, entity_type: str = "", entity_id: Any = "",
                  user_id: Any = None, details: dict[str, Any] | None = None) -> AuditEvent:
-    return AuditEvent.objects.create(
-        event_type=event_type,
-        actor=actor,
-        entity_type=entity_type,
-        entity_id=str(entity_id or ""),
-        user_id=user_id,
-        details=scrub(details or {}),
-    )
+    event = audit_event(event_type=event_type, actor=actor, entity_type=entity_type,
+                        entity_id=entity_id, user_id=user_id, details=details)
+    event.save(force_insert=True)
+    return event
 
 
 def audit_record_many(records: list[dict[str, Any]]) -> None:
     """Several audit rows in one INSERT (the executor's batches). Each record takes the
     keyword arguments of `audit_record`."""
     if records:
-        AuditEvent.objects.bulk_create([
-            AuditEvent(event_type=r["event_type"], actor=r["actor"],
-                       entity_type=r.get("entity_type", ""),
-                       entity_id=str(r.get("entity_id") or ""), user_id=r.get("user_id"),
-                       details=scrub(r.get("details") or {}))
-            for r in records
-        ])
+        AuditEvent.objects.bulk_create([audit_event(**record) for record in records])

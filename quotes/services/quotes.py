@@ -37,7 +37,6 @@ from django.utils import timezone
 from psycopg import sql
 
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
-from config.logging import scrub
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
 from quotes.models import MemoType, Quote, QuoteStatus
 from quotes.prices import PricePoint, price_feed
@@ -52,8 +51,8 @@ from quotes.solana_tx import (
     work_from_instructions,
     work_from_message_base64,
 )
+from risk.audit import audit_event
 from risk.errors import InsufficientTreasury
-from risk.models import AuditEvent
 from risk.services import risk_check_quote
 from users.models import User, Wallet
 from users.signatures import InvalidAddress, validate_address
@@ -320,14 +319,12 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
     quote.service_signature = sign_quote(quote_public_payload(quote))
     # Creation is not a transition (nothing moves from one status to another): the quote
     # row and its audit event record it; transition rows start at the first change.
-    # The audit row is the one `risk.audit.audit_record` writes, built the same way.
-    created = AuditEvent(event_type="quote_created", actor=f"user:{user.pk}",
-                         entity_type="quote", entity_id=str(quote.pk), user_id=user.pk,
-                         details=scrub({"source_chain": source_chain,
-                                        "total_cost": str(total_cost),
-                                        "max_lamports_spend": str(cost.max_lamports_spend),
-                                        "token_outflows": quote.token_outflows,
-                                        "price_source": sol.source}))
+    created = audit_event(event_type="quote_created", actor=f"user:{user.pk}",
+                          entity_type="quote", entity_id=quote.pk, user_id=user.pk,
+                          details={"source_chain": source_chain, "total_cost": str(total_cost),
+                                   "max_lamports_spend": str(cost.max_lamports_spend),
+                                   "token_outflows": quote.token_outflows,
+                                   "price_source": sol.source})
     _insert_together(quote, created)
     quote._state.adding = False
     quote._state.db = connection.alias
