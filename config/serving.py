@@ -17,12 +17,14 @@ does, into a spooled temporary file), so a slow client never holds a thread.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from tempfile import SpooledTemporaryFile
 from typing import Any
 
+from asgiref.sync import SyncToAsync
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 
@@ -103,6 +105,11 @@ class ThreadPoolHttp:
 
     def _respond(self, environ: dict[str, Any], loop: asyncio.AbstractEventLoop,
                  send: Send) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        # Mark this thread as serving `loop`, as Django's own ASGI path does (asgiref), so
+        # what the view publishes after commit runs on daphne's loop, where the channel
+        # layer and its connection pool live, not on a second loop of this process.
+        SyncToAsync.threadlocal.main_event_loop = loop
+        SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
         started: dict[str, Any] = {}
 
         def start_response(status: str, headers: list[tuple[str, str]],
