@@ -5,4 +5,4 @@ RUN pip install --no-cache-dir -e . 2>/dev/null || true
 COPY . .
 RUN pip install --no-cache-dir -e .
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.serving:application"]
