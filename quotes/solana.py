@@ -66,23 +66,11 @@ class ChainUnavailable(Unavailable):
     default_message = "The Solana node is not answering; try again shortly"
 
 
-_backend_lock = threading.Lock()
-_backend: SolanaBackend | None = None
-
-
 def get_backend() -> SolanaBackend:
-    """One `SolanaBackend` per process for `SOLANA_RPC_URL` (rebuilt if the setting moves)."""
-    global _backend
-    current = _backend
-    if current is not None and current.url == settings.SOLANA_RPC_URL:
-        return current
-    with _backend_lock:
-        if _backend is None or _backend.url != settings.SOLANA_RPC_URL:
-            if _backend is not None:
-                _backend.close()
-            _backend = SolanaBackend(settings.SOLANA_RPC_URL,
-                                     timeout=settings.SOLANA_RPC_TIMEOUT_SECONDS)
-        return _backend
+    """The process's `SolanaBackend` for `SOLANA_RPC_URL` (the executor's, shared)."""
+    from execution.services.chain import solana_backend
+
+    return solana_backend()
 
 
 @functools.lru_cache(maxsize=4)
@@ -272,20 +260,14 @@ def _account_state(account: Any) -> _AccountState | None:
                          data=base64.b64decode(data))
 
 
-_reader_lock = threading.Lock()
-_reader: _ChainReader | None = None
+@functools.lru_cache(maxsize=4)
+def _reader_for(url: str, timeout: float) -> _ChainReader:
+    return _ChainReader(url, timeout)
 
 
 def _chain_reader() -> _ChainReader:
-    """One reader per process for `SOLANA_RPC_URL` (rebuilt if the setting moves)."""
-    global _reader
-    current = _reader
-    if current is not None and current.url == settings.SOLANA_RPC_URL:
-        return current
-    with _reader_lock:
-        if _reader is None or _reader.url != settings.SOLANA_RPC_URL:
-            _reader = _ChainReader(settings.SOLANA_RPC_URL, settings.SOLANA_RPC_TIMEOUT_SECONDS)
-        return _reader
+    """One reader per process for `SOLANA_RPC_URL` (a new one if the setting moves)."""
+    return _reader_for(settings.SOLANA_RPC_URL, float(settings.SOLANA_RPC_TIMEOUT_SECONDS))
 
 
 def work_cost(instructions: list[Instruction], *, cu_limit: int, cu_price: int) -> WorkCost:
