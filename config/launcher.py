@@ -10,6 +10,7 @@ are gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -146,10 +147,26 @@ def _stop(children: list[tuple[str, subprocess.Popen[bytes]]], code: int) -> int
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            _log(f"{name} did not stop in time; killing")
-            proc.kill()
+            _log(f"{name} did not stop in time; killing it and its processes")
+            _kill_tree(proc.pid)
+            proc.wait()
     _log("stopped")
     return code
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it: the worker cluster forks its
+    workers, and killing only its parent would leave them running without it."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 if __name__ == "__main__":
