@@ -45,10 +45,14 @@ Prints a human summary and a JSON line (`BENCH_JSON {...}`); exit code 1 on a fa
 Measured 2026-11-21 on this 2-core machine (quiet apart from the bench), 4 workers, ORM
 broker, PostgreSQL channel layer; every run: 0 double executions, all checks true.
 
-    mode                         executions/s    latency p50 / p95 / p99 ms   CPU ms/payment
-    open loop, 40/s offered          40.1           100 /   181 /   442        44 (executor 22)
-    open loop, 250/s offered        102.9          3040 /  3610 /  3696        17.5 + submitters' PG
-    drain, 2000 payments            251.6 steady (210.6 overall)               4.2 (executor 2.8)
+    mode (workers)               executions/s    latency p50 / p95 / p99 ms   CPU ms/payment
+    open loop, 40/s offered (4)      40.1           100 /   181 /   442        44 (executor 22)
+    open loop, 60/s offered (4)      61.4           264 /   437 /  1301        36
+    open loop, 60/s offered (2)      60.7           158 /   341 /   510        20.7
+    open loop, 250/s offered (4)    102.9          3040 /  3610 /  3696        17.5 + submitters' PG
+    drain, 2000 payments (4)        251.6 steady (210.6 overall)               4.2 (executor 2.8)
+    drain, 2000 payments (2)        211.4 steady (181.4 overall)               4.2
+    drain, 6000 payments (4)        217.5 steady (205.0 overall, ~29 s)        3.3
     baselines (same runs): bare LiteSVM ~16,000 tx/s; sendTransaction to the sandbox over
     HTTP 880-910 tx/s (1 thread), ~1,200 tx/s (8 threads); drain / 8-thread send = 0.21
 
