@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Model, Sum
 
 from config.chains import Chain
 from settlement.models import JournalEntry, LedgerAccount, Posting
@@ -165,6 +165,18 @@ def ledger_post_many(entries: list[EntrySpec]) -> None:
                 amount=Decimal(leg.amount))
         for row, spec in zip(rows, entries, strict=True) for leg in spec.legs
     )
+
+
+def ledger_entry_rows(spec: EntrySpec) -> list[Model]:
+    """A new balanced entry and its postings as unsaved rows, for a caller that inserts
+    them with its other rows in one statement (`config.bulk.insert_together`) because it
+    knows the reference is new."""
+    _check_balanced(spec.reference, spec.legs)
+    accounts = _accounts((leg.account, leg.asset) for leg in spec.legs)
+    entry = JournalEntry(reference=spec.reference, kind=spec.kind, description=spec.description,
+                         quote_id=spec.quote_id, user_id=spec.user_id, tx_hash=spec.tx_hash)
+    return [entry, *(Posting(entry=entry, account=accounts[leg.account], asset=leg.asset,
+                             amount=Decimal(leg.amount)) for leg in spec.legs)]
 
 
 def account_balance(code: str) -> int:

@@ -32,10 +32,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import NOT_PROVIDED, Field, Model
 from django.utils import timezone
-from psycopg import sql
 
+from config.bulk import insert_together
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
 from quotes.models import MemoType, Quote, QuoteStatus
@@ -325,43 +324,8 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
                                    "max_lamports_spend": str(cost.max_lamports_spend),
                                    "token_outflows": quote.token_outflows,
                                    "price_source": sol.source})
-    _insert_together(quote, created)
-    quote._state.adding = False
-    quote._state.db = connection.alias
+    insert_together(quote, created)
     return quote
-
-
-_insert_statements: dict[tuple[type[Model], ...], tuple[str, list[list[Field[Any, Any]]]]] = {}
-
-
-def _insert_together(*rows: Model) -> None:
-    """INSERT new rows of different tables in ONE statement (data-modifying CTEs), so they
-    commit together without BEGIN/COMMIT round trips, with each field's value prepared
-    as `Model.save` prepares it. The statement is composed once per process (compiling
-    two ORM inserts cost more CPU than the rest of the write)."""
-    models_ = tuple(type(row) for row in rows)
-    if models_ not in _insert_statements:
-        parts, fields_of = [], []
-        for model in models_:
-            fields = [f for f in model._meta.concrete_fields if not f.generated]
-            if any(hasattr(f, "get_placeholder") or f.db_default is not NOT_PROVIDED
-                   for f in fields):
-                raise TypeError(f"{model.__name__} needs the ORM's insert")
-            parts.append(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                sql.Identifier(model._meta.db_table),
-                sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
-                sql.SQL(", ").join(sql.Placeholder() * len(fields))))
-            fields_of.append(fields)
-        ctes = [sql.SQL("{} AS ({})").format(sql.Identifier(f"row{n}"), part)
-                for n, part in enumerate(parts[:-1])]
-        composed = (sql.SQL("WITH {} {}").format(sql.SQL(", ").join(ctes), parts[-1])
-                    if ctes else parts[-1])
-        _insert_statements[models_] = (composed.as_string(), fields_of)
-    statement, fields_of = _insert_statements[models_]
-    params = [field.get_db_prep_save(field.pre_save(row, True), connection)
-              for row, fields in zip(rows, fields_of, strict=True) for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
 
 
 # -- cancel and expire ----------------------------------------------------------------------

@@ -15,12 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Model
 from django.utils import timezone
 
+from config.bulk import insert_together
 from config.errors import Conflict
 from config.events import publish_after_commit
 from quotes.models import Quote, QuoteStatus, QuoteTransition
-from risk.audit import audit_record, audit_record_many
+from risk.audit import audit_event, audit_record_many
 
 S = QuoteStatus
 ALLOWED: dict[str, set[str]] = {
@@ -53,12 +55,15 @@ def lock_quote(quote_id: Any) -> Quote:
 def quote_transition(*, quote_id: Any, to_status: str, actor: str,
                      details: dict[str, Any] | None = None, tx_hash: str = "",
                      expected_from: set[str] | None = None,
-                     quote: Quote | None = None, publish: bool = True) -> Quote:
+                     quote: Quote | None = None, publish: bool = True,
+                     rows: list[Model] | None = None) -> Quote:
     """Move a quote to `to_status`. Must run inside `transaction.atomic()`.
 
     `expected_from` narrows the allowed sources further (e.g. only `pending` may be
-    committed by a payment). Pass `quote` when the caller already holds its lock, and
-    `publish=False` when the caller publishes the status event with its own events.
+    committed by a payment). Pass `quote` when the caller already holds its lock,
+    `publish=False` when the caller publishes the status event with its own events, and
+    `rows` to have the transition and audit rows appended there for the caller to insert
+    with its own before the transaction ends (`config.bulk.insert_together`).
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("quote_transition must run inside transaction.atomic()")
@@ -79,12 +84,18 @@ def quote_transition(*, quote_id: Any, to_status: str, actor: str,
         setattr(quote, _TIMESTAMP_FIELD[to_status], now)
         update_fields.append(_TIMESTAMP_FIELD[to_status])
     quote.save(update_fields=update_fields)
-    QuoteTransition.objects.create(quote=quote, from_status=previous, to_status=to_status,
-                                   at=now, actor=actor, details=details or {}, tx_hash=tx_hash)
-    audit_record(event_type=f"quote_{to_status}", actor=actor, entity_type="quote",
-                 entity_id=quote.pk, user_id=quote.user_id,
-                 details={"from": previous, "to": to_status, "tx_hash": tx_hash,
-                          **(details or {})})
+    history = [
+        QuoteTransition(quote=quote, from_status=previous, to_status=to_status, at=now,
+                        actor=actor, details=details or {}, tx_hash=tx_hash),
+        audit_event(event_type=f"quote_{to_status}", actor=actor, entity_type="quote",
+                    entity_id=quote.pk, user_id=quote.user_id,
+                    details={"from": previous, "to": to_status, "tx_hash": tx_hash,
+                             **(details or {})}),
+    ]
+    if rows is not None:
+        rows.extend(history)
+    else:
+        insert_together(*history)
     if publish:
         publish_after_commit(event=quote_status_event(quote, previous=previous, at=now),
                              user_id=quote.user_id, quote_id=quote.pk)

@@ -44,15 +44,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.utils import timezone
 
+from config.bulk import insert_together
 from config.errors import ServiceError, Unavailable
 from config.events import Published, publish_after_commit_many
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import lock_quote, quote_status_event, quote_transition
-from risk.audit import audit_record
+from risk.audit import audit_event, audit_record
 from settlement.chains.base import ChainUnavailable, PaymentInvalid, VerifiedPayment
-from settlement.ledger import EntrySpec, Leg, account_code, ledger_post_many
+from settlement.ledger import EntrySpec, Leg, account_code, ledger_entry_rows
 from settlement.models import FundingPayment, FundingPaymentStatus, Refund
 from settlement.services.balances import balance_apply, balance_publish, lock_balance
 from settlement.services.refunds import refund_create, refund_destination
@@ -163,13 +165,15 @@ def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
         payment, created = _payment_insert(verified, source)
         if not created:
             return _outcome_of(payment, created=False)
+        # New rows of the booking (transition, ledger entry, audit) go in as one statement.
+        rows: list[Model] = []
         if target.quote_id is not None:
-            outcome = _apply_to_quote(payment, target.quote_id, verified, source)
+            outcome = _apply_to_quote(payment, target.quote_id, verified, source, rows)
         elif target.deposit_user_id is not None:
             outcome = _credit_balance(payment, target.deposit_user_id)
         else:
             outcome = _hold_unmatched(payment)
-        audit_record(
+        rows.append(audit_event(
             event_type=f"payment_{payment.status}", actor=f"payment:{source}",
             entity_type="funding_payment", entity_id=payment.pk, user_id=payment.user_id,
             details={"chain": payment.chain, "tx_hash": payment.tx_hash,
@@ -177,7 +181,8 @@ def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
                      "memo": payment.memo, "quote_id": str(payment.quote_id or "") or None,
                      "submitted_by": str(user.pk) if user else None,
                      "refund": str(outcome.refund.amount) if outcome.refund else None},
-        )
+        ))
+        insert_together(*rows)
         if payment.user_id is not None:
             events: list[Published] = []
             if outcome.committed and outcome.quote is not None:
@@ -300,17 +305,22 @@ def _jsonable(value: Any) -> Any:
 
 
 def _book(payment: FundingPayment, credits: list[tuple[str, str, int]], *, kind: str,
-          description: str) -> None:
-    """The payment's one entry: the treasury received `amount`; `credits` say whose it is."""
+          description: str, rows: list[Model] | None = None) -> None:
+    """The payment's one entry: the treasury received `amount`; `credits` say whose it is.
+    With `rows`, its rows are appended there for the caller to insert with its own."""
     asset, chain, amount = payment.asset, payment.chain, int(payment.amount)
     legs = [Leg(account_code("treasury", chain, asset), asset, amount)]
     legs += [Leg(account_code(kind_, scope, asset), asset, -value)
              for kind_, scope, value in credits if value]
     # The reference names the payment row this transaction just inserted (UNIQUE per chain
     # and hash), so it is new: no savepoint for a duplicate that cannot happen.
-    ledger_post_many([EntrySpec(reference=f"payment:{chain}:{payment.tx_hash}", kind=kind,
-                                description=description, legs=legs, quote_id=payment.quote_id,
-                                user_id=payment.user_id, tx_hash=payment.tx_hash)])
+    entry = ledger_entry_rows(EntrySpec(
+        reference=f"payment:{chain}:{payment.tx_hash}", kind=kind, description=description,
+        legs=legs, quote_id=payment.quote_id, user_id=payment.user_id, tx_hash=payment.tx_hash))
+    if rows is None:
+        insert_together(*entry)
+    else:
+        rows.extend(entry)
 
 
 def _finish(payment: FundingPayment, status: str, *, quote: Quote | None = None,
@@ -323,7 +333,7 @@ def _finish(payment: FundingPayment, status: str, *, quote: Quote | None = None,
 
 
 def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: VerifiedPayment,
-                    source: str) -> PaymentOutcome:
+                    source: str, rows: list[Model]) -> PaymentOutcome:
     # Two payments for one quote serialize here; the loser re-reads `committed`.
     quote = lock_quote(quote_id)
     chain, amount, due = payment.chain, int(payment.amount), int(quote.total_cost)
@@ -354,13 +364,14 @@ def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: Veri
         # The status event leaves with the payment's own (payment_record), in one send.
         quote_transition(quote_id=quote.pk, quote=quote, to_status=Q.COMMITTED, actor=actor,
                          expected_from={Q.PENDING}, tx_hash=payment.tx_hash, publish=False,
+                         rows=rows,
                          details={"funding_payment_id": str(payment.pk), "chain": chain,
                                   "amount": str(amount), "total_cost": str(due)})
     _book(payment,
           [("customer_funds", chain, amount - refund_amount),
            ("refunds_payable", chain, refund_amount)],
           kind="payment_received",
-          description=f"{status} payment for quote {quote.pk}")
+          description=f"{status} payment for quote {quote.pk}", rows=rows)
     refund = None
     if refund_amount:
         refund = refund_create(reason=reason, payment=payment, quote=quote, amount=refund_amount,
