@@ -34,6 +34,35 @@ def _inserted_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return fields
 
 
+_insert_if_new_statements: dict[tuple[type[models.Model], tuple[str, ...]], str] = {}
+
+
+def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
+    """INSERT the row unless one with the same `unique` fields exists (`ON CONFLICT DO
+    NOTHING`): True when this call inserted it. No savepoint needed for the conflict
+    (any other violation still raises)."""
+    model = type(row)
+    key = (model, unique)
+    fields = _inserted_fields(model)
+    if key not in _insert_if_new_statements:
+        conflict = [cast(models.Field, model._meta.get_field(name)).column  # type: ignore[type-arg]
+                    for name in unique]
+        _insert_if_new_statements[key] = sql.SQL(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO NOTHING RETURNING 1").format(
+            sql.Identifier(model._meta.db_table),
+            sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
+            sql.SQL(", ").join(sql.Placeholder() * len(fields)),
+            sql.SQL(", ").join(sql.Identifier(str(c)) for c in conflict)).as_string()
+    params = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_if_new_statements[key], params)
+        inserted = cursor.fetchone() is not None
+    if inserted:
+        row._state.adding = False
+        row._state.db = connection.alias
+    return inserted
+
+
 def insert_together(*rows: models.Model) -> None:
     """INSERT new rows (of one table or several) in ONE statement, each field's value
     prepared as `Model.save` prepares it. Foreign keys between the rows are fine: the

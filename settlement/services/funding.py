@@ -47,7 +47,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from config.bulk import insert_together
+from config.bulk import insert_if_new, insert_together
 from config.errors import ServiceError, Unavailable
 from config.events import Published, publish_after_commit_many
 from quotes.models import Quote, QuoteStatus
@@ -274,22 +274,20 @@ def _payment_insert(verified: VerifiedPayment, source: str) -> tuple[FundingPaym
     details = {"verified": _jsonable(verified.raw), "method_name": verified.method_name}
     if reference is not None and len(reference) > 128:
         details["full_memo"] = reference[:4096]
-    try:
-        with transaction.atomic():  # savepoint: the conflict is the expected replay signal
-            payment = FundingPayment.objects.create(
-                chain=verified.chain, tx_hash=verified.tx_hash, status=P.RECEIVED,
-                asset=verified.asset, amount=verified.amount,
-                from_address=verified.from_address, to_address=verified.to_address,
-                memo_type=memo_type, memo=(reference or "")[:128], source=source,
-                chain_details=details, chain_time=verified.ledger_time,
-            )
-    except IntegrityError:
-        existing = FundingPayment.objects.filter(chain=verified.chain,
-                                                 tx_hash=verified.tx_hash).first()
-        if existing is None:
-            raise
-        return existing, False
-    return payment, True
+    payment = FundingPayment(
+        chain=verified.chain, tx_hash=verified.tx_hash, status=P.RECEIVED,
+        asset=verified.asset, amount=verified.amount,
+        from_address=verified.from_address, to_address=verified.to_address,
+        memo_type=memo_type, memo=(reference or "")[:128], source=source,
+        chain_details=details, chain_time=verified.ledger_time,
+    )
+    # UNIQUE(chain, tx_hash) is the replay signal: a conflict means the payment is known.
+    if insert_if_new(payment, unique=("chain", "tx_hash")):
+        return payment, True
+    existing = FundingPayment.objects.filter(chain=verified.chain, tx_hash=verified.tx_hash).first()
+    if existing is None:  # a conflict with no row to show for it: never guess
+        raise IntegrityError(f"payment {verified.chain}:{verified.tx_hash} conflicts, not found")
+    return existing, False
 
 
 def _jsonable(value: Any) -> Any:
