@@ -49,7 +49,7 @@ broker, PostgreSQL channel layer; every run: 0 double executions, all checks tru
     open loop, 40/s offered (4)      40.1           100 /   181 /   442        44 (executor 22)
     open loop, 60/s offered (4)      61.4           264 /   437 /  1301        36
     open loop, 60/s offered (2)      60.7           158 /   341 /   510        20.7
-    open loop, 250/s offered (4)    102.9          3040 /  3610 /  3696        17.5 + submitters' PG
+    open loop, 250/s offered (4)   90-103          3040 /  3610 /  3696        14.4 (submitters 8.0) + their PG
     drain, 2000 payments (4)        251.6 steady (210.6 overall)               4.2 (executor 2.8)
     drain, 2000 payments (2)        211.4 steady (181.4 overall)               4.2
     drain, 6000 payments (4)        217.5 steady (205.0 overall, ~29 s)        3.3
@@ -58,8 +58,9 @@ broker, PostgreSQL channel layer; every run: 0 double executions, all checks tru
 
 At the start of the day (single-execution driver, ~85 statements in 5 transactions per
 execution) the same machine gave 20.9/s with p50 4.5 s at 50/s offered. Open loop is
-bounded by payment acceptance now (verification + booking ~11.5 ms CPU per payment plus
-its PostgreSQL work, on the same two cores): offered 250/s, the submitters delivered ~105/s.
+bounded by payment acceptance now (verification + booking, 11 statements, 5.7 ms CPU per
+payment alone and ~8 ms under this load, plus its PostgreSQL work, on the same two cores):
+offered 250/s, the submitters delivered ~100/s.
 """
 
 from __future__ import annotations
