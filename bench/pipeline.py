@@ -49,7 +49,7 @@ broker, PostgreSQL channel layer; every run: 0 double executions, all checks tru
     open loop, 40/s offered (4)      40.1           100 /   181 /   442        44 (executor 22)
     open loop, 60/s offered (4)      61.4           264 /   437 /  1301        36
     open loop, 60/s offered (2)      60.7           158 /   341 /   510        20.7
-    open loop, 250/s offered (4)   90-103          3040 /  3610 /  3696        14.4 (submitters 8.0) + their PG
+    open loop, 250/s offered (4)   90-103          3040 /  3610 /  3696        14.4 (submitters 8.0) + PG
     drain, 2000 payments (4)        251.6 steady (210.6 overall)               4.2 (executor 2.8)
     drain, 2000 payments (2)        211.4 steady (181.4 overall)               4.2
     drain, 6000 payments (4)        217.5 steady (205.0 overall, ~29 s)        3.3
