@@ -330,7 +330,6 @@ def check_chain_transactions() -> CheckResult:
 
 
 def _check_withdrawal_payouts(result: CheckResult, since: dt.datetime) -> int:
-    from settlement.payouts import PayoutInvalid, payout_chain
     from settlement.services.withdrawals import _signed_payout
 
     W = WithdrawalStatus
@@ -350,23 +349,36 @@ def _check_withdrawal_payouts(result: CheckResult, since: dt.datetime) -> int:
         if returned or paid.get(withdrawal.asset) != -(int(withdrawal.amount) + fee):
             result.mismatch("completed withdrawal not booked as paid", withdrawal_id=withdrawal.pk,
                             books=paid, amount=withdrawal.amount, fee=fee)
-        payouts = payout_chain(withdrawal.chain)
-        signed = _signed_payout(withdrawal)
-        try:
-            payouts.verify_offline(signed, destination=withdrawal.destination,
-                                   amount=int(withdrawal.amount))
-        except PayoutInvalid as exc:
-            result.mismatch("stored payout does not pay the withdrawal", withdrawal_id=withdrawal.pk,
-                            error=str(exc))
-            continue
-        if settings.CHAIN_MODE == "live":
-            state = payouts.status(signed)
-            if state.state == "unknown":
-                result.details.setdefault("unverified_payouts", []).append(str(withdrawal.pk))
-            elif state.state != "success" or state.fee != fee:
-                result.mismatch("withdrawal payout differs on chain", withdrawal_id=withdrawal.pk,
-                                chain_state=state.state, chain_fee=state.fee, fee=fee)
+        _check_stored_payout(
+            result, chain=withdrawal.chain, signed=_signed_payout(withdrawal),
+            destination=withdrawal.destination, amount=int(withdrawal.amount), fee=fee,
+            key="withdrawal_id", pk=withdrawal.pk,
+            invalid="stored payout does not pay the withdrawal",
+            off_chain="withdrawal payout differs on chain")
     return checked
+
+
+def _check_stored_payout(result: CheckResult, *, chain: str, signed: Any, destination: str,
+                         amount: int, key: str, pk: Any, invalid: str, off_chain: str,
+                         fee: int | None = None) -> None:
+    """A payout we signed and stored: its bytes pay exactly `amount` to `destination`, and in
+    live mode the chain has it (with `fee`, when given). Withdrawals and refunds alike."""
+    from settlement.payouts import PayoutInvalid, payout_chain
+
+    payouts = payout_chain(chain)
+    try:
+        payouts.verify_offline(signed, destination=destination, amount=amount)
+    except PayoutInvalid as exc:
+        result.mismatch(invalid, **{key: pk}, error=str(exc))
+        return
+    if settings.CHAIN_MODE != "live":
+        return
+    state = payouts.status(signed)
+    if state.state == "unknown":
+        result.details.setdefault("unverified_payouts", []).append(str(pk))
+    elif state.state != "success" or (fee is not None and state.fee != fee):
+        extra = {"chain_fee": state.fee, "fee": fee} if fee is not None else {}
+        result.mismatch(off_chain, **{key: pk}, chain_state=state.state, **extra)
 
 
 def _check_incoming_payments(result: CheckResult, since: dt.datetime) -> int | str:
@@ -401,28 +413,19 @@ def _check_incoming_payments(result: CheckResult, since: dt.datetime) -> int | s
 def _check_refund_payouts(result: CheckResult, since: dt.datetime) -> int:
     """Refunds paid by our payout signer: their signed bytes pay exactly the refund, and in
     live mode the chain has them. (A refund completed by hand carries only a tx hash.)"""
-    from settlement.payouts import PayoutInvalid, SignedPayout, payout_chain, payout_details_from_signed
+    from settlement.payouts import SignedPayout, payout_details_from_signed
 
     checked = 0
     for refund in Refund.objects.filter(status=RefundStatus.COMPLETED, updated_at__gte=since).exclude(
             signed_transaction=""):
         checked += 1
-        payouts = payout_chain(refund.chain)
         signed = SignedPayout(refund.tx_hash, refund.signed_transaction,
                               payout_details_from_signed(refund.chain, refund.signed_transaction))
-        try:
-            payouts.verify_offline(signed, destination=refund.destination, amount=int(refund.amount))
-        except PayoutInvalid as exc:
-            result.mismatch("stored refund payout does not pay the refund", refund_id=refund.pk,
-                            error=str(exc))
-            continue
-        if settings.CHAIN_MODE == "live":
-            state = payouts.status(signed)
-            if state.state == "unknown":
-                result.details.setdefault("unverified_payouts", []).append(str(refund.pk))
-            elif state.state != "success":
-                result.mismatch("refund payout is not on chain", refund_id=refund.pk,
-                                chain_state=state.state)
+        _check_stored_payout(
+            result, chain=refund.chain, signed=signed, destination=refund.destination,
+            amount=int(refund.amount), key="refund_id", pk=refund.pk,
+            invalid="stored refund payout does not pay the refund",
+            off_chain="refund payout is not on chain")
     return checked
 
 
