@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
 
 from config.bulk import insert_together
 from config.errors import Conflict
 from config.events import publish_after_commit
+from config.transitions import refuse_unless_allowed, require_transaction
 from quotes.models import Quote, QuoteStatus, QuoteTransition
 from risk.audit import audit_event, audit_record_many
 
@@ -65,18 +65,13 @@ def quote_transition(*, quote_id: Any, to_status: str, actor: str,
     `rows` to have the transition and audit rows appended there for the caller to insert
     with its own before the transaction ends (`config.bulk.insert_together`).
     """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("quote_transition must run inside transaction.atomic()")
+    require_transaction("quote_transition")
     if quote is None:
         quote = lock_quote(quote_id)
     previous = quote.status
     allowed = ALLOWED[previous] if expected_from is None else (
         ALLOWED[previous] if previous in expected_from else set())
-    if to_status not in allowed:
-        raise InvalidTransition(
-            f"Quote is {previous}; it cannot become {to_status}",
-            details={"status": previous, "requested": to_status},
-        )
+    refuse_unless_allowed(InvalidTransition, "Quote", previous, to_status, allowed)
     now = timezone.now()
     quote.status = to_status
     update_fields = ["status", "updated_at"]
@@ -111,13 +106,10 @@ def quote_transition_many(*, quotes: list[Quote], to_status: str, actor: str,
 
     Events are the caller's to publish (it knows the execution each one carries).
     """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("quote_transition_many must run inside transaction.atomic()")
+    require_transaction("quote_transition_many")
     for quote in quotes:
-        if quote.status not in expected_from or to_status not in ALLOWED[quote.status]:
-            raise InvalidTransition(
-                f"Quote is {quote.status}; it cannot become {to_status}",
-                details={"status": quote.status, "requested": to_status})
+        refuse_unless_allowed(InvalidTransition, "Quote", quote.status, to_status,
+                              ALLOWED[quote.status] if quote.status in expected_from else ())
     if not quotes:
         return
     now = timezone.now()

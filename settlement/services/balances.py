@@ -42,6 +42,7 @@ from django.utils import timezone
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
 from config.errors import Conflict, InvalidRequest, ServiceError
 from config.events import publish_after_commit
+from config.transitions import require_transaction
 from quotes.errors import QuoteNotFound, QuoteNotPending
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import quote_transition
@@ -97,8 +98,7 @@ def balance_chain_check(chain: str) -> str:
 def lock_balance(*, user_id: Any, chain: str) -> UserBalance:
     """The user's balance row on `chain`, created empty if missing, locked for the rest of
     the transaction. Every read-decide-write of a balance starts here."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("lock_balance must run inside transaction.atomic()")
+    require_transaction("lock_balance")
     asset = NATIVE_ASSET[Chain(balance_chain_check(chain))]
     # ON CONFLICT DO NOTHING: two first-time writers for one user both end up on one row.
     UserBalance.objects.bulk_create([UserBalance(user_id=user_id, chain=chain, asset=asset)],
@@ -261,8 +261,7 @@ def balance_settle_quote(*, quote: Quote, actor: str = "system:execution") -> bo
     is a no-op. Returns False (nothing done) for a quote that was not paid from a balance.
     Idempotent: a second call returns True and books nothing.
     """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("balance_settle_quote must run inside transaction.atomic()")
+    require_transaction("balance_settle_quote")
     if not quote_is_balance_funded(quote_id=quote.pk):
         return False
     locked_quote = Quote.objects.select_for_update().get(pk=quote.pk)  # quote, then balance
@@ -303,8 +302,7 @@ def balance_release_quote(*, quote: Quote, actor: str = "system:execution",
     no Refund record is needed. Returns False for a quote not paid from a balance.
     Idempotent; refuses (409) a quote whose lock was already earned.
     """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("balance_release_quote must run inside transaction.atomic()")
+    require_transaction("balance_release_quote")
     if not quote_is_balance_funded(quote_id=quote.pk):
         return False
     locked_quote = Quote.objects.select_for_update().get(pk=quote.pk)

@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidRequest, NotFound
+from config.transitions import refuse_unless_allowed, require_transaction
 from quotes.models import Quote
 from risk.audit import audit_record
 from settlement.ledger import Leg, account_code, ledger_post
@@ -50,8 +51,7 @@ def refund_create(*, reason: str, payment: FundingPayment, quote: Quote | None, 
     """Record that `amount` of `payment` is owed back. Once per (payment, reason): a replay
     or a retried task gets the first record back. Call inside the transaction that books
     the matching `refunds_payable` credit, so the record and the debt commit together."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("refund_create must run inside transaction.atomic()")
+    require_transaction("refund_create")
     if amount <= 0 or amount > int(payment.amount):
         raise InvalidRequest("A refund must be positive and at most the payment",
                              details={"amount": str(amount), "payment_amount": str(payment.amount)})
@@ -85,9 +85,8 @@ def _lock_refund(refund_id: Any) -> Refund:
 
 def _move(refund: Refund, to_status: str) -> str:
     previous = refund.status
-    if to_status not in REFUND_ALLOWED.get(previous, set()):
-        raise InvalidRefundTransition(f"Refund is {previous}; it cannot become {to_status}",
-                                      details={"status": previous, "requested": to_status})
+    refuse_unless_allowed(InvalidRefundTransition, "Refund", previous, to_status,
+                          REFUND_ALLOWED.get(previous, set()))
     refund.status = to_status
     return previous
 

@@ -29,6 +29,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidRequest, NotFound
+from config.transitions import refuse_unless_allowed, require_transaction
 from execution.models import Execution, ExecutionStatus
 from risk.audit import audit_record, audit_record_many
 from settlement.models import (
@@ -46,8 +47,7 @@ logger = logging.getLogger(__name__)
 def settlement_open(*, execution: Execution, funding_payment: FundingPayment | None = None,
                     actor: str = "system:execution") -> Settlement:
     """Create the pending settlement of an execution, once (a retry gets the first row)."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("settlement_open must run inside transaction.atomic()")
+    require_transaction("settlement_open")
     existing = Settlement.objects.filter(execution=execution).first()
     if existing is not None:
         return existing
@@ -82,8 +82,7 @@ def settlement_open_many(*, opened: list[tuple[Execution, FundingPayment | None]
                          actor: str = "system:execution") -> None:
     """`settlement_open` for a batch of executions that confirmed in the caller's
     transaction (so none has a settlement yet; UNIQUE(execution) would refuse a twin)."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("settlement_open_many must run inside transaction.atomic()")
+    require_transaction("settlement_open_many")
     if not opened:
         return
     settlements = Settlement.objects.bulk_create([
@@ -153,13 +152,10 @@ def settlement_transition(*, settlement: Settlement, to_status: str, actor: str,
                           details: dict[str, Any] | None = None, tx_hash: str = "") -> Settlement:
     """The one place a settlement's status changes (row locked by the caller): validates the
     move, stamps its time, writes the transition row and the audit event."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("settlement_transition must run inside transaction.atomic()")
+    require_transaction("settlement_transition")
     previous = settlement.status
-    if to_status not in SETTLEMENT_ALLOWED[previous]:
-        raise InvalidSettlementTransition(
-            f"Settlement is {previous}; it cannot become {to_status}",
-            details={"status": previous, "requested": to_status})
+    refuse_unless_allowed(InvalidSettlementTransition, "Settlement", previous, to_status,
+                          SETTLEMENT_ALLOWED[previous])
     now = timezone.now()
     settlement.status = to_status
     fields = ["status", "updated_at"]

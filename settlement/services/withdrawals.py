@@ -38,6 +38,7 @@ from django.utils import timezone
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, Chain, format_amount
 from config.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceError
 from config.events import publish_after_commit
+from config.transitions import refuse_unless_allowed
 from risk.audit import audit_record
 from risk.selectors import breaker_is_open
 from settlement.ledger import Leg, account_code
@@ -116,9 +117,8 @@ def _move(withdrawal: Withdrawal, to_status: str, *, actor: str, fields: dict[st
           details: dict[str, Any] | None = None) -> str:
     """The one place a withdrawal's status changes (row locked by the caller)."""
     previous = withdrawal.status
-    if to_status not in ALLOWED[previous]:
-        raise InvalidWithdrawalTransition(f"Withdrawal is {previous}; it cannot become {to_status}",
-                                          details={"status": previous, "requested": to_status})
+    refuse_unless_allowed(InvalidWithdrawalTransition, "Withdrawal", previous, to_status,
+                          ALLOWED[previous])
     withdrawal.status = to_status
     update_fields = ["status", "updated_at"]
     for name, value in (fields or {}).items():
