@@ -44,29 +44,28 @@ from solders.transaction import VersionedTransaction
 
 from config.errors import ServiceError
 from config.events import publish_after_commit_many
-from execution.models import Execution, ExecutionAttempt, ExecutionStatus, ExecutionTransition, FailReason
+from execution.models import Execution, ExecutionAttempt, ExecutionStatus
 from execution.selectors import execution_summary_of
 from execution.services.chain import recent_blockhash, solana_backend, treasury_signer
 from execution.services.executor import (
     _LANDED_STATUSES,
     ACTOR,
     RunResult,
-    _fail,
     _lease_key,
     chain_outcome_of,
     execution_run,
+    fail_refused,
 )
 from execution.services.faults import crash_point
 from execution.services.guard import outflow_guard_check_many
 from execution.services.outcomes import Landed, execution_book_successes
-from execution.services.transitions import execution_transition_many
+from execution.services.transitions import execution_records_created, execution_transition_many
 from execution.solana.backend import SignatureState, SolanaError, TransactionDetails
 from execution.solana.signer import SignerError
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import quote_status_event, quote_transition_many
 from quotes.solana_tx import build_execution_message, execution_memo
-from risk.audit import audit_record_many
-from risk.errors import CircuitBreakerOpen, InsufficientTreasury
+from risk.errors import CircuitBreakerOpen
 from risk.services.reservations import risk_reserve_executions
 
 logger = logging.getLogger(__name__)
@@ -175,14 +174,7 @@ class _Batch:
             executions = Execution.objects.bulk_create([Execution(quote=q) for q in quotes])
             for execution, quote in zip(executions, quotes, strict=True):
                 execution.quote = quote
-            ExecutionTransition.objects.bulk_create([
-                ExecutionTransition(execution=e, from_status="", to_status=E.PENDING,
-                                    actor=self.actor, details={"quote_id": str(e.quote_id)})
-                for e in executions])
-            audit_record_many([
-                {"event_type": "execution_pending", "actor": self.actor,
-                 "entity_type": "execution", "entity_id": e.pk, "user_id": e.quote.user_id,
-                 "details": {"quote_id": str(e.quote_id)}} for e in executions])
+            execution_records_created(executions=executions, actor=self.actor)
             try:
                 refused = risk_reserve_executions(quotes)
             except CircuitBreakerOpen:
@@ -193,11 +185,8 @@ class _Batch:
                 if refusal is None:
                     started.append(execution)
                     continue
-                _fail(execution=execution, quote=execution.quote,
-                      reason=(FailReason.INSUFFICIENT_TREASURY
-                              if isinstance(refusal, InsufficientTreasury)
-                              else FailReason.RISK_REJECTED),
-                      message=f"{refusal.code}: {refusal.message}", actor=self.actor)
+                fail_refused(execution=execution, quote=execution.quote, refusal=refusal,
+                             actor=self.actor)
             quote_transition_many(
                 quotes=[e.quote for e in started], to_status=QuoteStatus.EXECUTING,
                 actor=self.actor, expected_from={QuoteStatus.COMMITTED},

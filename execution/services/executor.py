@@ -147,10 +147,7 @@ def execution_start(*, quote_id: Any, actor: str = ACTOR) -> tuple[str, Executio
             except CircuitBreakerOpen:
                 raise _BreakerOpen from None
             except (DailyLimitExceeded, TransactionLimitExceeded, InsufficientTreasury) as exc:
-                reason = (FailReason.INSUFFICIENT_TREASURY if isinstance(exc, InsufficientTreasury)
-                          else FailReason.RISK_REJECTED)
-                _fail(execution=execution, quote=quote, reason=reason,
-                      message=f"{exc.code}: {exc.message}", actor=actor)
+                fail_refused(execution=execution, quote=quote, refusal=exc, actor=actor)
                 return "failed", execution
             quote_transition(quote_id=quote.pk, quote=quote, to_status=QuoteStatus.EXECUTING,
                              actor=actor, expected_from={QuoteStatus.COMMITTED},
@@ -503,6 +500,16 @@ def chain_outcome_of(details: TransactionDetails, treasury: Pubkey) -> ChainOutc
         tokens[mint] = tokens.get(mint, 0) + before - after
     return ChainOutcome(fee_lamports=details.fee, outflow_lamports=spent - details.fee,
                         token_outflows={m: a for m, a in tokens.items() if a})
+
+
+def fail_refused(*, execution: Execution, quote: Quote, actor: str,
+                 refusal: DailyLimitExceeded | TransactionLimitExceeded | InsufficientTreasury
+                 ) -> None:
+    """A start the risk limits refused: failed before anything was signed."""
+    reason = (FailReason.INSUFFICIENT_TREASURY if isinstance(refusal, InsufficientTreasury)
+              else FailReason.RISK_REJECTED)
+    _fail(execution=execution, quote=quote, reason=reason,
+          message=f"{refusal.code}: {refusal.message}", actor=actor)
 
 
 def _fail(*, execution: Execution, quote: Quote, reason: str, message: str, actor: str,

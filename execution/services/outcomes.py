@@ -54,10 +54,7 @@ class ChainOutcome:
 
 def funding_payment_of(quote: Quote) -> FundingPayment | None:
     """The payment that committed the quote (None for a quote paid from a balance)."""
-    return (FundingPayment.objects
-            .filter(quote_id=quote.pk,
-                    status__in=[FundingPaymentStatus.MATCHED, FundingPaymentStatus.OVERPAID])
-            .order_by("received_at").first())
+    return funding_payments_of([quote.pk]).get(quote.pk)
 
 
 def _customer_funds_account(quote: Quote) -> str:

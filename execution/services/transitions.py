@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from config.bulk import update_rows
 from config.errors import Conflict
 from config.events import publish_after_commit
+from config.transitions import refuse_unless_allowed, require_transaction
 from execution.models import Execution, ExecutionStatus, ExecutionTransition
 from quotes.models import Quote
 from quotes.services.transitions import quote_status_event
@@ -53,14 +53,10 @@ def execution_transition(*, execution: Execution, to_status: str, actor: str,
                          fields: dict[str, Any] | None = None,
                          quote: Quote | None = None) -> Execution:
     """Move a locked execution to `to_status`, saving `fields` with it, and record why."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("execution_transition must run inside transaction.atomic()")
+    require_transaction("execution_transition")
     previous = execution.status
-    if to_status not in ALLOWED[previous]:
-        raise InvalidExecutionTransition(
-            f"Execution is {previous}; it cannot become {to_status}",
-            details={"status": previous, "requested": to_status},
-        )
+    refuse_unless_allowed(InvalidExecutionTransition, "Execution", previous, to_status,
+                          ALLOWED[previous])
     now = timezone.now()
     execution.status = to_status
     update_fields = ["status", "updated_at"]
@@ -85,12 +81,21 @@ def execution_transition(*, execution: Execution, to_status: str, actor: str,
 
 def execution_record_created(*, execution: Execution, actor: str, quote: Quote) -> None:
     """The first history row of a new execution (from nothing to pending)."""
-    ExecutionTransition.objects.create(execution=execution, from_status="",
-                                       to_status=E.PENDING, actor=actor,
-                                       details={"quote_id": str(quote.pk)})
-    audit_record(event_type="execution_pending", actor=actor, entity_type="execution",
-                 entity_id=execution.pk, user_id=quote.user_id,
-                 details={"quote_id": str(quote.pk)})
+    execution.quote = quote
+    execution_records_created(executions=[execution], actor=actor)
+
+
+def execution_records_created(*, executions: list[Execution], actor: str) -> None:
+    """The first history rows of new executions (each with its `quote` loaded): one INSERT
+    of transition rows, one of audit rows."""
+    ExecutionTransition.objects.bulk_create([
+        ExecutionTransition(execution=e, from_status="", to_status=E.PENDING, actor=actor,
+                            details={"quote_id": str(e.quote_id)})
+        for e in executions])
+    audit_record_many([
+        {"event_type": "execution_pending", "actor": actor, "entity_type": "execution",
+         "entity_id": e.pk, "user_id": e.quote.user_id, "details": {"quote_id": str(e.quote_id)}}
+        for e in executions])
 
 
 def execution_transition_many(*, executions: list[Execution], to_status: str, actor: str,
@@ -103,13 +108,10 @@ def execution_transition_many(*, executions: list[Execution], to_status: str, ac
     loaded (the audit row names the quote and its user). Events are the caller's to
     publish: one per quote per transaction, carrying the execution's final state.
     """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("execution_transition_many must run inside transaction.atomic()")
+    require_transaction("execution_transition_many")
     for execution in executions:
-        if to_status not in ALLOWED[execution.status]:
-            raise InvalidExecutionTransition(
-                f"Execution is {execution.status}; it cannot become {to_status}",
-                details={"status": execution.status, "requested": to_status})
+        refuse_unless_allowed(InvalidExecutionTransition, "Execution", execution.status, to_status,
+                              ALLOWED[execution.status])
     if not executions:
         return
     now = timezone.now()

@@ -274,7 +274,7 @@ def breaker_record_execution_successes(*, outflows: dict[Any, int],
     executions: `outflows` maps quote id → lamports spent (fee included). One streak reset,
     one reservation update, one outflow insert, one hourly check with the chain's latest
     treasury balance."""
-    from risk.services.reservations import risk_consume_executions
+    from risk.services.limits import risk_consume_executions
 
     with transaction.atomic():
         CircuitBreaker.objects.filter(pk=1, consecutive_failures__gt=0).update(

@@ -164,11 +164,13 @@ def risk_check_quote(*, user: User, lamports_spend: int, source_chain: str,
 
 # --- execution time: consume atomically ---------------------------------------------------
 
-def _consume(counter: _Counter) -> bool:
-    room = counter.model.objects.filter(**counter.key,
-                                        amount_spent__lte=counter.limit - counter.amount)
-    change = {"amount_spent": F("amount_spent") + counter.amount,
-              "transaction_count": F("transaction_count") + 1}
+def _consume(counter: _Counter, *, amount: int | None = None, count: int = 1) -> bool:
+    """Take `amount` (default: the counter's own) from the counter's room, for `count`
+    transactions, or nothing when it does not fit."""
+    amount = counter.amount if amount is None else amount
+    room = counter.model.objects.filter(**counter.key, amount_spent__lte=counter.limit - amount)
+    change = {"amount_spent": F("amount_spent") + amount,
+              "transaction_count": F("transaction_count") + count}
     if room.update(**change):
         return True
     # First spend of the day: create the row (a concurrent creator wins harmlessly), retry.
@@ -177,18 +179,24 @@ def _consume(counter: _Counter) -> bool:
     return bool(room.update(**change))
 
 
-def _reservation_insert(*, quote: Quote, day: dt.date, lamports: int, source_amount: int) -> bool:
-    """Insert the reservation unless this quote already has one; True when inserted."""
-    sql = (
-        f"INSERT INTO {SpendReservation._meta.db_table} "  # noqa: S608 - our table name, values bound
-        "(quote_id, user_id, day, lamports, source_chain, source_amount, state, created_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (quote_id) DO NOTHING RETURNING id"
-    )
+def _reservations_insert(quotes: list[Quote], *, day: dt.date) -> set[Any]:
+    """Insert the reservations these quotes do not have yet; the ids of the quotes whose
+    reservation this call inserted."""
+    if not quotes:
+        return set()
+    now = timezone.now()
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(quotes))
+    params: list[Any] = []
+    for quote in quotes:
+        params += [quote.pk, quote.user_id, day, Decimal(int(quote.max_lamports_spend)),
+                   quote.source_chain, Decimal(int(quote.total_cost)),
+                   SpendReservation.State.RESERVED, now]
+    sql = (f"INSERT INTO {SpendReservation._meta.db_table} "  # noqa: S608 - our table, bound values
+           "(quote_id, user_id, day, lamports, source_chain, source_amount, state, created_at) "
+           f"VALUES {values} ON CONFLICT (quote_id) DO NOTHING RETURNING quote_id")
     with connection.cursor() as cursor:
-        cursor.execute(sql, [quote.pk, quote.user_id, day, Decimal(lamports), quote.source_chain,
-                             Decimal(source_amount), SpendReservation.State.RESERVED,
-                             timezone.now()])
-        return cursor.fetchone() is not None
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def risk_reserve_execution(*, quote: Quote, treasury_balance_lamports: int | None = None) -> None:
@@ -211,8 +219,7 @@ def risk_reserve_execution(*, quote: Quote, treasury_balance_lamports: int | Non
             raise InsufficientTreasury(details={"required_lamports": str(lamports),
                                                 "treasury_lamports": str(treasury_balance_lamports)})
         day = utc_today()
-        if not _reservation_insert(quote=quote, day=day, lamports=lamports,
-                                   source_amount=source_amount):
+        if quote.pk not in _reservations_insert([quote], day=day):
             return
         for counter in _counters(limits=limits, user_id=quote.user_id, day=day,
                                  lamports=lamports, source_chain=source_chain,
@@ -255,9 +262,14 @@ def risk_release_execution(*, quote: Quote) -> bool:
 
 def risk_consume_execution(*, quote: Quote) -> bool:
     """Mark a reservation spent (the execution landed), so it can never be released."""
-    return bool(SpendReservation.objects.filter(
-        quote_id=quote.pk, state=SpendReservation.State.RESERVED,
-    ).update(state=SpendReservation.State.CONSUMED, settled_at=timezone.now()))
+    return bool(risk_consume_executions([quote.pk]))
+
+
+def risk_consume_executions(quote_ids: list[Any]) -> int:
+    """`risk_consume_execution` for a batch of landed executions."""
+    return SpendReservation.objects.filter(
+        quote_id__in=quote_ids, state=SpendReservation.State.RESERVED,
+    ).update(state=SpendReservation.State.CONSUMED, settled_at=timezone.now())
 
 
 def treasury_balance_lamports() -> int:

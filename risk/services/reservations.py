@@ -18,17 +18,17 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
-from django.db.models import F
-from django.utils import timezone
 
 from risk.errors import DailyLimitExceeded, InsufficientTreasury, TransactionLimitExceeded
-from risk.models import DailySpending, SpendReservation, UserDailySpending
+from risk.models import DailySpending, UserDailySpending
 from risk.selectors import risk_limits, utc_today
 from risk.services.breaker import breaker_assert_closed
 from risk.services.limits import (
     _check_per_transaction,
+    _consume,
     _Counter,
     _counters,
+    _reservations_insert,
     _source_chain_checked,
     risk_reserve_execution,
 )
@@ -99,7 +99,7 @@ def _reserve_together(quotes: list[Quote], *, limits: Any) -> None:
         counter, amount, count = sums[key]
         if counter.model is UserDailySpending:
             users.append((counter, amount, count))
-        elif not _consume_sum(counter, amount=amount, count=count):
+        elif not _consume(counter, amount=amount, count=count):
             raise _DoesNotFit
     if users and not _consume_user_sums(users, day=day):
         raise _DoesNotFit
@@ -111,17 +111,6 @@ def _lock_rank(key: tuple[type, tuple[tuple[str, Any], ...]]) -> tuple[int, str]
     if model is DailySpending:
         return (0 if scope["chain"] == "solana" else 1, str(scope["chain"]))
     return (2, str(scope["user_id"]))
-
-
-def _consume_sum(counter: _Counter, *, amount: int, count: int) -> bool:
-    room = counter.model.objects.filter(**counter.key, amount_spent__lte=counter.limit - amount)
-    change = {"amount_spent": F("amount_spent") + amount,
-              "transaction_count": F("transaction_count") + count}
-    if room.update(**change):
-        return True
-    row: Any = counter.model(**counter.key)  # first spend of the day: create the row
-    counter.model.objects.bulk_create([row], ignore_conflicts=True)
-    return bool(room.update(**change))
 
 
 def _consume_user_sums(users: list[tuple[_Counter, int, int]], *, day: Any) -> bool:
@@ -145,29 +134,3 @@ def _consume_user_sums(users: list[tuple[_Counter, int, int]], *, day: Any) -> b
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, day, Decimal(limit)])
         return cursor.rowcount == len(users)
-
-
-def _reservations_insert(quotes: list[Quote], *, day: Any) -> set[Any]:
-    """Insert the reservations that do not exist yet; the ids of the quotes inserted."""
-    if not quotes:
-        return set()
-    now = timezone.now()
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(quotes))
-    params: list[Any] = []
-    for quote in quotes:
-        params += [quote.pk, quote.user_id, day, Decimal(int(quote.max_lamports_spend)),
-                   quote.source_chain, Decimal(int(quote.total_cost)),
-                   SpendReservation.State.RESERVED, now]
-    sql = (f"INSERT INTO {SpendReservation._meta.db_table} "  # noqa: S608 - our table, bound values
-           "(quote_id, user_id, day, lamports, source_chain, source_amount, state, created_at) "
-           f"VALUES {values} ON CONFLICT (quote_id) DO NOTHING RETURNING quote_id")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
-
-
-def risk_consume_executions(quote_ids: list[Any]) -> int:
-    """`risk_consume_execution` for a batch of landed executions."""
-    return SpendReservation.objects.filter(
-        quote_id__in=quote_ids, state=SpendReservation.State.RESERVED,
-    ).update(state=SpendReservation.State.CONSUMED, settled_at=timezone.now())
