@@ -154,18 +154,23 @@ def _from_rpc_exception(exc: RPCException) -> SolanaError:
     return SolanaRpcError(message, code=code, data=data)
 
 
+def _from_http_status(status: int) -> SolanaError:
+    if status >= 500 or status == 429:
+        return SolanaUnavailable(f"HTTP {status} from RPC node")
+    return SolanaRpcError(f"HTTP {status} from RPC node", code=status)
+
+
 def _map_exception(exc: BaseException) -> SolanaError:
     if isinstance(exc, SolanaError):
         return exc
     if isinstance(exc, RPCException):
         return _from_rpc_exception(exc)
+    if isinstance(exc, httpx2.HTTPStatusError):  # our own batches' raise_for_status
+        return _from_http_status(exc.response.status_code)
     if isinstance(exc, SolanaRpcException):
         cause = exc.__cause__
         if isinstance(cause, httpx2.HTTPStatusError):
-            status = cause.response.status_code
-            if status >= 500 or status == 429:
-                return SolanaUnavailable(f"HTTP {status} from RPC node")
-            return SolanaRpcError(f"HTTP {status} from RPC node", code=status)
+            return _from_http_status(cause.response.status_code)
         return SolanaUnavailable(f"RPC node unreachable: {cause!r}")
     if isinstance(exc, (httpx2.TransportError, TimeoutError, OSError)):
         return SolanaUnavailable(f"RPC node unreachable: {exc!r}")
@@ -458,13 +463,7 @@ class SolanaBackend:
             response.raise_for_status()
             return str(response.text)
 
-        try:
-            raw = self._run(post())
-        except httpx2.HTTPStatusError as exc:
-            status = exc.response.status_code
-            if status >= 500 or status == 429:
-                raise SolanaUnavailable(f"HTTP {status} from RPC node") from None
-            raise SolanaRpcError(f"HTTP {status} from RPC node", code=status) from None
+        raw = self._run(post())  # an HTTP error status is mapped like every call's
         answers = json.loads(raw)
         if not isinstance(answers, list):  # the node refused the batch as a whole
             raise SolanaRpcError(f"RPC batch refused: {raw[:200]}")
