@@ -30,15 +30,9 @@ RETRY_DELAYS = [dt.timedelta(seconds=s) for s in (10, 30, 120, 600, 3600)]
 TIMEOUT_SECONDS = 5.0
 
 
-def notify_enqueue(user_id: Any, event: dict[str, Any]) -> WebhookDelivery | None:
-    """After-commit hook for published events: record and send, if the user asked for it."""
-    deliveries = notify_enqueue_many([(user_id, event)])
-    return deliveries[0] if deliveries else None
-
-
 def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]]) -> list[WebhookDelivery]:
-    """`notify_enqueue` for several (user id, event) pairs: one look-up of the notify URLs;
-    a delivery row and a send task only for users who set one."""
+    """After-commit hook for published (user id, event) pairs: one look-up of the notify
+    URLs; a delivery row and a send task for each event of a user who set one."""
     user_ids = {user_id for user_id, _ in events}
     urls = {str(pk): url for pk, url in User.objects.filter(pk__in=user_ids)
             .exclude(notify_url="").values_list("pk", "notify_url")}
