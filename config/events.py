@@ -1,9 +1,14 @@
-"""Real-time events: published to Channels groups only after the transaction commits.
+"""Real-time events: delivered only if, and after, the transaction that made them commits.
 
-A rolled-back transition must never reach a client, so every publish goes through
-`transaction.on_commit`. Groups: `quote.<quote_id>` and `user.<user_id>`. The channel
-layer crosses processes (Redis or PostgreSQL), so a worker's transition reaches a socket
-held by daphne. Consumers forward `{"type": "event.forward", "event": {...}}` messages.
+A rolled-back transition must never reach a client. Groups: `quote.<quote_id>` and
+`user.<user_id>`. The channel layer crosses processes (Redis or PostgreSQL), so a worker's
+transition reaches a socket held by daphne. Consumers forward
+`{"type": "event.forward", "event": {...}}` messages.
+
+With the PostgreSQL layer (the embedded setup) the messages are rows of this database,
+written in the publishing transaction: PostgreSQL delivers their NOTIFY at its commit and
+drops them on rollback. With Redis the send waits for `transaction.on_commit`. Either way
+the users' webhook deliveries are recorded in the same transaction (users.notifications).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from config.channel_layers import DefaultDatabaseChannelLayer
+
 logger = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 5.0
@@ -27,12 +34,12 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 class _PublisherLoop:
     """One long-lived event loop per process for publishing from plain sync code.
 
-    Channel layers keep loop-bound state (channels-postgres holds a psycopg async pool
-    whose refill tasks live on the loop that opened it). `async_to_sync` from a sync
-    process (the django-q2 worker) makes a new loop per call, so once a database restart
-    kills the pool's connections nothing could refill them and every publish hung. Here
-    the layer is only ever used from this one loop, which keeps running. Re-created
-    after a fork (django-q2 forks its workers).
+    Channel layers keep loop-bound state (Redis connections and the tasks that read them
+    live on the loop that opened them). `async_to_sync` from a sync process (the django-q2
+    worker) makes a new loop per call, so once a restart killed the layer's connections
+    nothing could re-open them and every publish hung (seen with channels-postgres's pool
+    when it published this way). Here the layer is only ever used from this one loop,
+    which keeps running. Re-created after a fork (django-q2 forks its workers).
     """
 
     def __init__(self) -> None:
@@ -60,11 +67,6 @@ def _group_send_many(sends: list[tuple[str, dict[str, Any]]]) -> None:
         return
 
     async def send_all() -> None:
-        # Looked up on the loop: the Redis pub/sub layer resolves attributes per loop.
-        many = getattr(layer, "group_send_many", None)
-        if many is not None:  # our PostgreSQL layer: two statements for the whole list
-            await many(sends)
-            return
         for group, message in sends:
             await layer.group_send(group, message)
 
@@ -86,23 +88,21 @@ def user_group(user_id: Any) -> str:
 Published = tuple[dict[str, Any], Any, Any]  # (event, user id, quote id or None)
 
 
-def _send_many(published: list[Published]) -> None:
+def _group_sends(published: list[Published]) -> list[tuple[str, dict[str, Any]]]:
     sends = []
     for event, user_id, quote_id in published:
         message = {"type": "event.forward", "event": event}
         if quote_id is not None:
             sends.append((quote_group(quote_id), message))
         sends.append((user_group(user_id), message))
+    return sends
+
+
+def _send_after_commit(sends: list[tuple[str, dict[str, Any]]]) -> None:
     try:
         _group_send_many(sends)
     except Exception:  # a dead layer must not break the write path; clients resync on connect
-        logger.exception("event publish failed", extra={"events": len(published)})
-    from users.notifications import notify_enqueue_many
-
-    try:  # the user's notify URL gets the same event (outgoing client webhooks)
-        notify_enqueue_many([(user_id, event) for event, user_id, _ in published])
-    except Exception:
-        logger.exception("client notification enqueue failed")
+        logger.exception("event publish failed", extra={"events": len(sends)})
 
 
 def publish_after_commit(*, event: dict[str, Any], user_id: Any, quote_id: Any = None) -> None:
@@ -110,8 +110,18 @@ def publish_after_commit(*, event: dict[str, Any], user_id: Any, quote_id: Any =
 
 
 def publish_after_commit_many(published: list[Published]) -> None:
-    """Publish several events after commit with one layer round trip and one look-up of
-    the users' notify URLs (a batch's events, or the several events of one transaction)."""
-    if published:
-        events = list(published)
-        transaction.on_commit(lambda: _send_many(events))
+    """Publish several events of the caller's transaction, delivered at its commit: one
+    statement (PostgreSQL layer) or one layer round trip after commit (Redis) for all of
+    them, and one look-up of the users' notify URLs."""
+    if not published:
+        return
+    sends = _group_sends(list(published))
+    layer = get_channel_layer()
+    if isinstance(layer, DefaultDatabaseChannelLayer):
+        layer.group_send_in_transaction(sends)
+    elif layer is not None:
+        transaction.on_commit(lambda: _send_after_commit(sends))
+    from users.notifications import notify_enqueue_many
+
+    # The user's notify URL gets the same event (outgoing client webhooks).
+    notify_enqueue_many([(user_id, event) for event, user_id, _ in published])

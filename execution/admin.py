@@ -30,6 +30,7 @@ from config.admin_base import (
     user_filter,
     user_list_link,
 )
+from config.tasks import enqueue_with_transaction
 from execution.models import Execution, ExecutionAttempt, ExecutionStatus, ExecutionTransition
 from risk.audit import audit_record
 
@@ -50,7 +51,7 @@ class AttemptInline(ReadOnlyInline):
 
 
 def mark_for_recovery(*, execution_id: Any, actor: str) -> bool:
-    """Flag an unfinished execution for the recovery job and enqueue the job after commit.
+    """Flag an unfinished execution for the recovery job and enqueue the job with it.
     Returns False when it is final or already flagged (nothing written)."""
     with transaction.atomic():
         flagged = Execution.objects.filter(pk=execution_id, status__in=RECOVERABLE,
@@ -60,14 +61,9 @@ def mark_for_recovery(*, execution_id: Any, actor: str) -> bool:
         audit_record(event_type="execution_marked_for_recovery", actor=actor,
                      entity_type="execution", entity_id=execution_id,
                      details={"task": RECOVERY_TASK})
-        transaction.on_commit(_enqueue_recovery, robust=True)
+        enqueue_with_transaction(RECOVERY_TASK, task_name="recover_executions:operator",
+                                 group="execution")
     return True
-
-
-def _enqueue_recovery() -> None:
-    from django_q.tasks import async_task
-
-    async_task(RECOVERY_TASK, task_name="recover_executions:operator", group="execution")
 
 
 @admin.register(Execution)

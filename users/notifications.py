@@ -21,6 +21,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config.tasks import enqueue_with_transaction
 from config.webhooks import HEADER, webhook_sign
 from users.models import User, WebhookDelivery
 
@@ -31,8 +32,9 @@ TIMEOUT_SECONDS = 5.0
 
 
 def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]]) -> list[WebhookDelivery]:
-    """After-commit hook for published (user id, event) pairs: one look-up of the notify
-    URLs; a delivery row and a send task for each event of a user who set one."""
+    """For published (user id, event) pairs, in the publishing transaction: one look-up of
+    the notify URLs; a delivery row and a send task for each event of a user who set one.
+    Both commit with the event or not at all (a crash after the commit loses nothing)."""
     user_ids = {user_id for user_id, _ in events}
     urls = {str(pk): url for pk, url in User.objects.filter(pk__in=user_ids)
             .exclude(notify_url="").values_list("pk", "notify_url")}
@@ -43,10 +45,9 @@ def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]]) -> list[Webhoo
         WebhookDelivery(user_id=user_id, url=urls[str(user_id)],
                         event=str(event.get("event", "")), payload=event, next_attempt_at=now)
         for user_id, event in events if str(user_id) in urls])
-    from django_q.tasks import async_task
-
     for delivery in deliveries:
-        async_task("users.notifications.notify_deliver", delivery.pk, group="notify")
+        enqueue_with_transaction("users.notifications.notify_deliver", delivery.pk,
+                                 group="notify")
     return deliveries
 
 

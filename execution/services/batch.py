@@ -47,6 +47,7 @@ from config.events import publish_after_commit_many
 from execution.models import Execution, ExecutionAttempt, ExecutionStatus
 from execution.selectors import execution_summary_of
 from execution.services.chain import recent_blockhash, solana_backend, treasury_signer
+from execution.services.enqueue import execution_enqueue
 from execution.services.executor import (
     _LANDED_STATUSES,
     ACTOR,
@@ -72,7 +73,6 @@ logger = logging.getLogger(__name__)
 
 E = ExecutionStatus
 A = ExecutionAttempt.State
-EXECUTE_TASK = "execution.tasks.execute_quote"
 
 
 @dataclass
@@ -453,13 +453,9 @@ class _Batch:
         task may have come and gone while the batch held the lease)."""
         if not self.leftovers:
             return
-        from django_q.tasks import async_task
-
         # The caller drives its own quote itself, right after.
         quote_ids = Execution.objects.filter(pk__in=self.leftovers).exclude(
             status__in=[E.CONFIRMED, E.FAILED]).exclude(quote_id=self.own_quote_id).values_list(
             "quote_id", flat=True)
-        for quote_id in quote_ids:
-            async_task(EXECUTE_TASK, str(quote_id), task_name=f"execute_quote:{quote_id}",
-                       group="execution")
+        execution_enqueue(quote_ids)
         self.leftovers = []

@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from execution.models import Execution, ExecutionStatus
+from execution.services.enqueue import execution_enqueue
 from execution.services.executor import ACTOR, execution_drive
 from quotes.models import Quote, QuoteStatus
 from risk.selectors import breaker_is_open
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 RECOVERY_ACTOR = "system:recovery"
 RECOVERY_DRIVE_SECONDS = 30.0
-EXECUTE_TASK = "execution.tasks.execute_quote"
 
 
 def stuck_executions(*, older_than_seconds: float, limit: int) -> list[Any]:
@@ -81,17 +81,13 @@ def execution_resume_waiting(*, older_than_seconds: float = 30.0, limit: int = 5
     """Re-enqueue committed quotes without an execution (none while the breaker is open)."""
     if breaker_is_open():
         return 0
-    from django_q.tasks import async_task
-
     cutoff = timezone.now() - dt.timedelta(seconds=older_than_seconds)
     quote_ids = list(
         Quote.objects.filter(status=QuoteStatus.COMMITTED, execution__isnull=True,
                              committed_at__lt=cutoff)
         .order_by("committed_at").values_list("pk", flat=True)[:limit]
     )
-    for quote_id in quote_ids:
-        async_task(EXECUTE_TASK, str(quote_id), task_name=f"execute_quote:{quote_id}",
-                   group="execution")
+    execution_enqueue(quote_ids)
     if quote_ids:
         logger.info("re-enqueued waiting quotes", extra={"count": len(quote_ids), "actor": ACTOR})
     return len(quote_ids)

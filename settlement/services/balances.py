@@ -43,6 +43,7 @@ from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, f
 from config.errors import Conflict, InvalidRequest, ServiceError
 from config.events import publish_after_commit
 from config.transitions import require_transaction
+from execution.services.enqueue import execution_enqueue
 from quotes.errors import QuoteNotFound, QuoteNotPending
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import quote_transition
@@ -52,7 +53,6 @@ from settlement.models import JournalEntry, UserBalance
 
 logger = logging.getLogger(__name__)
 
-EXECUTE_TASK = "execution.tasks.execute_quote"
 BALANCE_ACTOR = "balance"
 SETTLE_KIND = "balance_settle"
 
@@ -240,17 +240,8 @@ def quote_pay_from_balance(*, user: Any, quote_id: Any) -> Quote:
                               "chain": quote.source_chain,
                               "available_after": str(balance.available)})
         balance_publish(balance=balance, reason="quote_committed", reference=str(quote.pk))
-        quote_id_text = str(quote.pk)
-        transaction.on_commit(lambda: _enqueue_execution(quote_id_text), robust=True)
+        execution_enqueue([quote.pk])
     return quote
-
-
-def _enqueue_execution(quote_id: str) -> None:
-    """After commit only. The queue is at-least-once; UNIQUE(execution.quote) makes a
-    second delivery harmless."""
-    from django_q.tasks import async_task
-
-    async_task(EXECUTE_TASK, quote_id, task_name=f"execute_quote:{quote_id}", group="execution")
 
 
 def balance_settle_quote(*, quote: Quote, actor: str = "system:execution") -> bool:

@@ -50,8 +50,9 @@ from django.utils import timezone
 from config.bulk import insert_if_new, insert_together
 from config.errors import ServiceError, Unavailable
 from config.events import Published, publish_after_commit_many
+from execution.services.enqueue import execution_enqueue
 from quotes.models import Quote, QuoteStatus
-from quotes.services.transitions import lock_quote, quote_status_event, quote_transition
+from quotes.services.transitions import quote_status_event, quote_transition
 from risk.audit import audit_event, audit_record
 from settlement.chains.base import ChainUnavailable, PaymentInvalid, VerifiedPayment
 from settlement.ledger import EntrySpec, Leg, account_code, ledger_entry_rows
@@ -72,7 +73,6 @@ Q = QuoteStatus
 _ALREADY_PAID = {Q.COMMITTED, Q.EXECUTING, Q.EXECUTED, Q.FAILED, Q.REFUND_DUE, Q.REFUNDED}
 _CLOSED_UNPAID = {Q.EXPIRED, Q.CANCELLED}
 _MAX_DEPOSIT_MEMO = 2**63 - 1  # users.deposit_memo is a PostgreSQL bigint
-EXECUTE_TASK = "execution.tasks.execute_quote"
 _STELLAR_HASH = re.compile(r"[0-9a-f]{64}")
 _NEAR_HASH = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
 
@@ -108,7 +108,7 @@ class PaymentOutcome:
 
 @dataclass(frozen=True)
 class _Target:
-    quote_id: uuid.UUID | None = None
+    quote: Quote | None = None  # locked for the rest of the transaction
     deposit_user_id: uuid.UUID | None = None
 
 
@@ -159,20 +159,20 @@ def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
     (the watcher advances its cursor in the same one)."""
     if not (verified.successful and verified.final):
         raise PaymentRefused("NOT_FINAL", "Only successful, final payments are booked")
-    target = _match(verified)
-    _check_expected(expected_quote, target.quote_id)
     with transaction.atomic():
-        payment, created = _payment_insert(verified, source)
-        if not created:
-            return _outcome_of(payment, created=False)
+        target = _match(verified)
+        _check_expected(expected_quote, target.quote.pk if target.quote is not None else None)
         # New rows of the booking (transition, ledger entry, audit) go in as one statement.
         rows: list[Model] = []
-        if target.quote_id is not None:
-            outcome = _apply_to_quote(payment, target.quote_id, verified, source, rows)
+        if target.quote is not None:
+            outcome = _apply_to_quote(target.quote, verified, source, rows)
         elif target.deposit_user_id is not None:
-            outcome = _credit_balance(payment, target.deposit_user_id)
+            outcome = _credit_balance(verified, source, target.deposit_user_id)
         else:
-            outcome = _hold_unmatched(payment)
+            outcome = _hold_unmatched(verified, source)
+        if not outcome.created:  # a replay: the payment is known and nothing changes
+            return outcome
+        payment = outcome.payment
         rows.append(audit_event(
             event_type=f"payment_{payment.status}", actor=f"payment:{source}",
             entity_type="funding_payment", entity_id=payment.pk, user_id=payment.user_id,
@@ -226,11 +226,11 @@ def _check_expected(expected_quote: Quote | None, quote_id: Any) -> None:
         raise PaymentRefused("QUOTE_MISMATCH", "This payment's memo does not pay this quote")
 
 
-def _quote_by_memo(chain: str, memo: str, memo_type: str | None = None) -> uuid.UUID | None:
-    quotes = Quote.objects.filter(source_chain=chain, payment_memo=memo)
+def _quote_by_memo(chain: str, memo: str, memo_type: str | None = None) -> Quote | None:
+    quotes = Quote.objects.select_for_update().filter(source_chain=chain, payment_memo=memo)
     if memo_type is not None:
         quotes = quotes.filter(payment_memo_type=memo_type)
-    return quotes.values_list("pk", flat=True).first()
+    return quotes.first()
 
 
 def _user_by_deposit_memo(memo: str) -> uuid.UUID | None:
@@ -240,43 +240,49 @@ def _user_by_deposit_memo(memo: str) -> uuid.UUID | None:
 
 
 def _match(verified: VerifiedPayment) -> _Target:
-    """Which quote or balance a payment is for. Reads only immutable keys (memo, id), so it
-    may run before the quote is locked; the quote's state is re-read under the lock."""
+    """Which quote or balance a payment is for. The quote is found and locked in one
+    statement: two payments for one quote serialize here, and the second sees it paid."""
     if verified.chain == "stellar":
         if verified.memo and verified.memo_type in ("id", "hash"):
-            quote_id = _quote_by_memo("stellar", verified.memo, verified.memo_type)
-            if quote_id is not None:
-                return _Target(quote_id=quote_id)
+            quote = _quote_by_memo("stellar", verified.memo, verified.memo_type)
+            if quote is not None:
+                return _Target(quote=quote)
             if verified.memo_type == "id":
                 return _Target(deposit_user_id=_user_by_deposit_memo(verified.memo))
         return _Target()
     if verified.quote_id:  # execute_payment({"quote_id": ...}): the quote's id (or its memo)
         try:
-            by_id = Quote.objects.filter(pk=uuid.UUID(verified.quote_id), source_chain="near")
-            quote_id = by_id.values_list("pk", flat=True).first()
+            quote = (Quote.objects.select_for_update()
+                     .filter(pk=uuid.UUID(verified.quote_id), source_chain="near").first())
         except ValueError:
-            quote_id = _quote_by_memo("near", verified.quote_id)
-        return _Target(quote_id=quote_id)
+            quote = _quote_by_memo("near", verified.quote_id)
+        return _Target(quote=quote)
     if verified.memo:  # deposit({"memo": ...}): a balance deposit memo (or a quote's memo)
         user_id = _user_by_deposit_memo(verified.memo)
         if user_id is not None:
             return _Target(deposit_user_id=user_id)
-        return _Target(quote_id=_quote_by_memo("near", verified.memo))
+        return _Target(quote=_quote_by_memo("near", verified.memo))
     return _Target()
 
 
 # --------------------------------------------------------------------------- booking
 
 
-def _payment_insert(verified: VerifiedPayment, source: str) -> tuple[FundingPayment, bool]:
+def _payment_insert(verified: VerifiedPayment, source: str, status: str, *,
+                    quote: Quote | None = None, user_id: Any = None,
+                    resolved: bool = True) -> tuple[FundingPayment, bool]:
+    """Insert the payment with its verdict already decided (one statement, no later
+    update). False with the stored row when this chain transaction is already recorded."""
     reference = verified.quote_id if verified.quote_id is not None else verified.memo
     memo_type = "quote_id" if verified.quote_id is not None else (verified.memo_type or "")
     details = {"verified": _jsonable(verified.raw), "method_name": verified.method_name}
     if reference is not None and len(reference) > 128:
         details["full_memo"] = reference[:4096]
     payment = FundingPayment(
-        chain=verified.chain, tx_hash=verified.tx_hash, status=P.RECEIVED,
-        asset=verified.asset, amount=verified.amount,
+        chain=verified.chain, tx_hash=verified.tx_hash, status=status, quote=quote,
+        user_id=quote.user_id if quote is not None else user_id,
+        resolved_at=timezone.now() if resolved else None, asset=verified.asset,
+        amount=verified.amount,
         from_address=verified.from_address, to_address=verified.to_address,
         memo_type=memo_type, memo=(reference or "")[:128], source=source,
         chain_details=details, chain_time=verified.ledger_time,
@@ -321,20 +327,11 @@ def _book(payment: FundingPayment, credits: list[tuple[str, str, int]], *, kind:
         rows.extend(entry)
 
 
-def _finish(payment: FundingPayment, status: str, *, quote: Quote | None = None,
-            user_id: Any = None, resolved: bool = True) -> None:
-    payment.status = status
-    payment.quote = quote
-    payment.user_id = quote.user_id if quote is not None else user_id
-    payment.resolved_at = timezone.now() if resolved else None
-    payment.save(update_fields=["status", "quote", "user", "resolved_at"])
-
-
-def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: VerifiedPayment,
-                    source: str, rows: list[Model]) -> PaymentOutcome:
-    # Two payments for one quote serialize here; the loser re-reads `committed`.
-    quote = lock_quote(quote_id)
-    chain, amount, due = payment.chain, int(payment.amount), int(quote.total_cost)
+def _apply_to_quote(quote: Quote, verified: VerifiedPayment, source: str,
+                    rows: list[Model]) -> PaymentOutcome:
+    """The payment for a quote locked by the caller: its verdict, then (if new) the quote's
+    commit or the refund it is owed."""
+    chain, amount, due = verified.chain, int(verified.amount), int(quote.total_cost)
     paid_at = verified.ledger_time or timezone.now()
     actor = f"payment:{source}"
 
@@ -343,12 +340,7 @@ def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: Veri
     elif quote.status in _CLOSED_UNPAID or paid_at >= quote.expires_at:
         status, refund_amount = P.LATE, amount
         reason = "cancelled" if quote.status == Q.CANCELLED else "late"
-        if quote.status == Q.PENDING and quote.is_expired:
-            quote_transition(quote_id=quote.pk, quote=quote, to_status=Q.EXPIRED, actor=actor,
-                             expected_from={Q.PENDING}, tx_hash=payment.tx_hash,
-                             details={"reason": "payment arrived after expiry",
-                                      "funding_payment_id": str(payment.pk)})
-    elif payment.asset != quote.source_asset:
+    elif verified.asset != quote.source_asset:
         status, reason, refund_amount = P.UNDERPAID, "wrong_asset", amount
     elif amount < due:
         status, reason, refund_amount = P.UNDERPAID, "underpaid", amount
@@ -356,8 +348,15 @@ def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: Veri
         status = P.MATCHED if amount == due else P.OVERPAID
         reason, refund_amount = "overpaid", amount - due
 
+    payment, created = _payment_insert(verified, source, status, quote=quote)
+    if not created:
+        return _outcome_of(payment, created=False)
     committed = status in (P.MATCHED, P.OVERPAID)
-    _finish(payment, status, quote=quote)
+    if status == P.LATE and quote.status == Q.PENDING and quote.is_expired:
+        quote_transition(quote_id=quote.pk, quote=quote, to_status=Q.EXPIRED, actor=actor,
+                         expected_from={Q.PENDING}, tx_hash=payment.tx_hash,
+                         details={"reason": "payment arrived after expiry",
+                                  "funding_payment_id": str(payment.pk)})
     if committed:
         # The status event leaves with the payment's own (payment_record), in one send.
         quote_transition(quote_id=quote.pk, quote=quote, to_status=Q.COMMITTED, actor=actor,
@@ -376,15 +375,16 @@ def _apply_to_quote(payment: FundingPayment, quote_id: uuid.UUID, verified: Veri
                                destination=refund_destination(quote=quote, payment=payment),
                                actor=actor)
     if committed:
-        quote_id_text = str(quote.pk)
-        transaction.on_commit(lambda: _enqueue_execution(quote_id_text), robust=True)
+        execution_enqueue([quote.pk])
     return PaymentOutcome(payment=payment, quote=quote, refund=refund, created=True,
                           committed=committed)
 
 
-def _credit_balance(payment: FundingPayment, user_id: uuid.UUID) -> PaymentOutcome:
+def _credit_balance(verified: VerifiedPayment, source: str, user_id: uuid.UUID) -> PaymentOutcome:
+    payment, created = _payment_insert(verified, source, P.CREDITED, user_id=user_id)
+    if not created:
+        return _outcome_of(payment, created=False)
     amount = int(payment.amount)
-    _finish(payment, P.CREDITED, user_id=user_id)
     _book(payment, [("user_balance", str(user_id), amount)], kind="balance_deposit",
           description="Prepaid balance deposit")
     # The projection moves with its posting, under the balance row lock (balances service).
@@ -394,8 +394,11 @@ def _credit_balance(payment: FundingPayment, user_id: uuid.UUID) -> PaymentOutco
     return PaymentOutcome(payment=payment, quote=None, refund=None, created=True, committed=False)
 
 
-def _hold_unmatched(payment: FundingPayment) -> PaymentOutcome:
-    _finish(payment, P.UNMATCHED, resolved=False)  # resolved later by an operator
+def _hold_unmatched(verified: VerifiedPayment, source: str) -> PaymentOutcome:
+    # Resolved later by an operator.
+    payment, created = _payment_insert(verified, source, P.UNMATCHED, resolved=False)
+    if not created:
+        return _outcome_of(payment, created=False)
     _book(payment, [("unmatched_deposits", payment.chain, int(payment.amount))],
           kind="payment_unmatched", description="Payment with an unknown memo, held for an operator")
     return PaymentOutcome(payment=payment, quote=None, refund=None, created=True, committed=False)
@@ -406,14 +409,6 @@ def _outcome_of(payment: FundingPayment, *, created: bool) -> PaymentOutcome:
     refund = payment.refunds.order_by("created_at").first()
     return PaymentOutcome(payment=payment, quote=quote, refund=refund, created=created,
                           committed=payment.status in (P.MATCHED, P.OVERPAID))
-
-
-def _enqueue_execution(quote_id: str) -> None:
-    """After commit only: a rolled-back commit must never start an execution. The queue is
-    at-least-once; the execution's UNIQUE(quote) makes a second delivery harmless."""
-    from django_q.tasks import async_task
-
-    async_task(EXECUTE_TASK, quote_id, task_name=f"execute_quote:{quote_id}", group="execution")
 
 
 # --------------------------------------------------------------------------- webhooks

@@ -24,13 +24,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidRequest, NotFound
+from execution.services.enqueue import execution_enqueue
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import lock_quote, quote_transition
 from risk.audit import audit_record
 from settlement.ledger import Leg, account_code, ledger_post
 from settlement.models import FundingPayment, FundingPaymentStatus
 from settlement.services.balances import balance_apply, balance_publish, lock_balance, user_accounts
-from settlement.services.funding import _enqueue_execution
 from settlement.services.refunds import refund_create, refund_destination
 from users.models import User
 
@@ -105,8 +105,7 @@ def _resolve_to_quote(payment: FundingPayment, *, quote_id: Any, operator: str) 
                  entity_id=payment.pk, user_id=quote.user_id,
                  details={"to": "quote", "quote_id": str(quote.pk), "amount": str(amount),
                           "excess_refunded": str(excess), "tx_hash": payment.tx_hash})
-    quote_id_text = str(quote.pk)
-    transaction.on_commit(lambda: _enqueue_execution(quote_id_text), robust=True)
+    execution_enqueue([quote.pk])
     return payment
 
 
