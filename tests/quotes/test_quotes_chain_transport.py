@@ -1,0 +1,189 @@
+"""The quote engine's JSON-RPC transport (`quotes.solana._ChainReader`) reads what real
+nodes and proxies send: a Content-Length body, a chunked one, a body ended by closing
+the connection, an interim 100 Continue; a kept connection the node closed while idle is
+replaced without the caller noticing, and a node that keeps failing is SolanaUnavailable."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from execution.solana.backend import SolanaError, SolanaUnavailable
+from quotes.solana import _ChainReader
+
+Answer = Callable[[bytes], bytes | None]  # request body → raw bytes to send (None: hang up)
+
+
+class RawNode:
+    """A TCP server answering each HTTP request with the exact bytes a test gives."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[int, bytes]] = []  # (connection number, body)
+        self.connections = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/rpc"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        reader = sock.makefile("rb")
+        with sock:
+            while True:
+                request_line = reader.readline()
+                if not request_line:
+                    return
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                body = reader.read(length)
+                self.requests.append((number, body))
+                answer = self.answers.pop(0)(body) if self.answers else None
+                if answer is None:
+                    return
+                sock.sendall(answer)
+                if b"Connection: close" in answer.split(b"\r\n\r\n")[0] or answer.startswith(b"HTTP/1.0"):
+                    return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def node() -> Iterator[Callable[[list[Answer]], RawNode]]:
+    started: list[RawNode] = []
+
+    def start(answers: list[Answer]) -> RawNode:
+        started.append(RawNode(answers))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def echo(body: bytes) -> bytes:
+    return json.dumps({"echo": json.loads(body)}).encode()
+
+
+def with_length(body: bytes) -> bytes:
+    payload = echo(body)
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(payload), payload)
+
+
+def chunked(body: bytes) -> bytes:
+    payload = echo(body)
+    pieces = [payload[:5], payload[5:9], payload[9:]]
+    framed = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces if p)
+    return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Other: a:b\r\n\r\n"
+            + framed + b"0\r\nX-Trailer: 1\r\n\r\n")
+
+
+def until_close(body: bytes) -> bytes:
+    return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + echo(body)
+
+
+def continue_then_length(body: bytes) -> bytes:
+    return b"HTTP/1.1 100 Continue\r\n\r\n" + with_length(body)
+
+
+def status(code: int) -> Answer:
+    return lambda body: b"HTTP/1.1 %d Nope\r\nContent-Length: 4\r\n\r\nnope" % code
+
+
+def reader_for(server: RawNode) -> _ChainReader:
+    return _ChainReader(server.url, timeout=5)
+
+
+@pytest.mark.parametrize("answer", [with_length, chunked, until_close, continue_then_length])
+def test_every_framing_gives_the_same_json(node, answer):
+    server = node([answer])
+    assert reader_for(server)._post(b'{"n":1}') == {"echo": {"n": 1}}
+
+
+def test_a_kept_connection_serves_the_next_request(node):
+    server = node([with_length, chunked, with_length])
+    reader = reader_for(server)
+    assert [reader._post(b'{"n":%d}' % n) for n in range(3)] == [{"echo": {"n": n}} for n in range(3)]
+    assert server.connections == 1
+
+
+def test_a_connection_the_node_closes_is_not_kept(node):
+    server = node([until_close, with_length])
+    reader = reader_for(server)
+    reader._post(b'{"n":1}')
+    reader._post(b'{"n":2}')
+    assert server.connections == 2
+
+
+def test_an_idle_connection_the_node_dropped_is_replaced_quietly(node):
+    hang_up: Answer = lambda body: None  # noqa: E731 - the node closes without answering
+    server = node([with_length, hang_up, with_length])
+    reader = reader_for(server)
+    reader._post(b'{"n":1}')
+    assert reader._post(b'{"n":2}') == {"echo": {"n": 2}}
+    assert [number for number, _ in server.requests] == [1, 1, 2]
+
+
+def test_one_503_is_retried_and_two_are_unavailable(node):
+    server = node([status(503), with_length])
+    assert reader_for(server)._post(b'{"n":1}') == {"echo": {"n": 1}}
+    server = node([status(503), status(503)])
+    with pytest.raises(SolanaUnavailable):
+        reader_for(server)._post(b'{"n":1}')
+
+
+def test_a_client_error_status_is_not_retried(node):
+    server = node([status(400), with_length])
+    with pytest.raises(SolanaError, match="HTTP 400"):
+        reader_for(server)._post(b'{"n":1}')
+    assert len(server.requests) == 1
+
+
+def test_garbage_is_retried_then_unavailable(node):
+    garbage: Answer = lambda body: b"SSH-2.0-OpenSSH\r\n\r\n"  # noqa: E731
+    server = node([garbage, garbage])
+    with pytest.raises(SolanaUnavailable):
+        reader_for(server)._post(b'{"n":1}')
+
+
+def test_a_truncated_body_is_retried(node):
+    truncated: Answer = lambda body: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{}"  # noqa: E731
+    server = node([truncated, with_length])
+    assert reader_for(server)._post(b'{"n":1}') == {"echo": {"n": 1}}
+
+
+def test_a_node_that_is_down_is_unavailable():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(SolanaUnavailable):
+        _ChainReader(f"http://127.0.0.1:{port}", timeout=2)._post(b"{}")
+
+
+def test_the_request_names_the_host_path_and_length(node):
+    seen: list[bytes] = []
+
+    def record(body: bytes) -> bytes:
+        seen.append(body)
+        return with_length(body)
+
+    server = node([record])
+    reader_for(server)._post(b'{"jsonrpc":"2.0"}')
+    assert seen == [b'{"jsonrpc":"2.0"}']
+    assert reader_for(server)._head.startswith(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1:")
