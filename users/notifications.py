@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx2
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from config.tasks import enqueue_with_transaction
 from config.webhooks import HEADER, webhook_sign
-from users.models import User, WebhookDelivery
+from users.models import WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,18 @@ RETRY_DELAYS = [dt.timedelta(seconds=s) for s in (10, 30, 120, 600, 3600)]
 TIMEOUT_SECONDS = 5.0
 
 
+_NOTIFY_URLS = ("SELECT id, notify_url FROM users_user "
+                "WHERE id = ANY(%s::uuid[]) AND notify_url <> ''")
+
+
 def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]]) -> list[WebhookDelivery]:
     """For published (user id, event) pairs, in the publishing transaction: one look-up of
     the notify URLs; a delivery row and a send task for each event of a user who set one.
     Both commit with the event or not at all (a crash after the commit loses nothing)."""
-    user_ids = {user_id for user_id, _ in events}
-    urls = {str(pk): url for pk, url in User.objects.filter(pk__in=user_ids)
-            .exclude(notify_url="").values_list("pk", "notify_url")}
+    user_ids = list({str(user_id) for user_id, _ in events})
+    with connection.cursor() as cursor:  # raw: every published event asks this
+        cursor.execute(_NOTIFY_URLS, [user_ids])
+        urls = {str(pk): url for pk, url in cursor.fetchall()}
     if not urls:
         return []
     now = timezone.now()
