@@ -222,6 +222,7 @@ if Q_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["broker_class"] = "config.queue_broker.OrmBroker"  # one-statement claims
 Q_SYNC = env.bool("Q_SYNC", default=False)
 if Q_SYNC:
     Q_CLUSTER["sync"] = True
