@@ -286,6 +286,19 @@ def _cpu_snapshot(qcluster_pid: int, children: Children) -> dict[str, float]:
             "postgres_for_executor": sum(tree(pid) for pid in backend_pids)}
 
 
+def _commits() -> int:
+    """Transactions committed in the bench database so far (every process's): with durable
+    commits each is a WAL flush, so commits per payment is a cost that load does not blur.
+    PostgreSQL publishes backends' counts about once a second: read after a short pause."""
+    from django.db import connection
+
+    time.sleep(1.2)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
+
+
 def make_quotes(count: int) -> list[tuple[str, str, str]]:
     """`count` priced quotes paying AMOUNT_LAMPORTS to fresh recipients, with their signed
     Stellar payment envelopes: [(quote_id, recipient, envelope_xdr)]."""
@@ -394,11 +407,13 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
         log(f"drain: accepting {len(measured)} payments with the worker stopped ...")
         submit_durations, submit_lateness = submit(measured, rate=args.rate)
         submitted = time.time()
+        commits_before = _commits()
         qcluster = start_qcluster()
         cpu_before = _cpu_snapshot(qcluster.pid, children)
         started = time.time()
         log(f"drain: {args.workers} qcluster workers executing the backlog ...")
     else:
+        commits_before = _commits()
         cpu_before = _cpu_snapshot(qcluster.pid, children)
         log(f"measured: {len(measured)} payments offered at {args.rate}/s by {args.submitters} "
             "submitter processes ...")
@@ -409,6 +424,7 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
     finished = time.time()
     tx_count_after = int(admin.call("getTransactionCount"))
     cpu_after = _cpu_snapshot(qcluster.pid, children)
+    commits = _commits() - commits_before
     cpu_ms = {name: 1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / max(len(measured), 1)
               for name in cpu_after}
     if not args.drain:  # in a drain the submitters ran before the measured window
@@ -466,6 +482,7 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
         "executions_per_s_steady": steady,
         "executions_per_s_overall": overall,
         "latency": latency_summary(latencies),
+        "db_commits_per_payment": commits / max(len(ids), 1),
         "latency_p95_ms": 1000 * percentile(latencies, 95) if latencies else None,
         "payment_submit_latency": latency_summary(submit_durations),
         "payments_sent_late": len(submit_lateness),
@@ -578,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{pipeline['payments_sent_late']} payments went out late "
           f"(max {pipeline['payment_max_lateness_ms']:.0f} ms behind schedule)")
     print("  CPU per payment (ms): " + ", ".join(
-        f"{k} {v:.1f}" for k, v in pipeline["cpu_ms_per_payment"].items()))
+        f"{k} {v:.1f}" for k, v in pipeline["cpu_ms_per_payment"].items())
+        + f"; database commits per payment {pipeline['db_commits_per_payment']:.2f}")
     print(f"  double executions {pipeline['double_executions']}   checks {pipeline['checks']}")
     print(f"  bare LiteSVM send loop        {bare_svm['tx_per_s']:10.0f} tx/s "
           f"({bare_svm['mean_us']:.0f} µs/tx)")
