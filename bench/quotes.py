@@ -45,6 +45,30 @@ nothing else running; the 500/s target is not met. Before #12's serving and CPU 
 (same day, quiet machine): one daphne, 62 quotes/s, p95 312 ms, 13.75 ms server CPU per
 quote, 173 HTTP 500s "too many clients". SQL per quote: 7 statements then, 4 now
 (`--profile` lists them); cProfile CPU per quote (profiler on) 17.4 ms then, 7.3 ms now.
+
+CPU pass on the quote path (same day, later). Counted in instructions, which other load
+does not disturb: callgrind of 200 quotes in-process through Django's WSGI handler (as
+config.serving runs it), against the sandbox and PostgreSQL: 9.42 M per quote before,
+7.91 M after (-16%): a plain body read without building the DRF serializer 9.42 -> 8.37,
+the chain read's own HTTP/1.1 transport instead of http.client 8.37 -> 7.99, the
+reservations statement's text cached 7.99 -> 7.91. PostgreSQL: the quote insert is a
+prepared statement (perf on the backends: parse, analyse and plan were ~half of their CPU
+per quote; -0.15 ms per quote in an in-process A/B). daphne: twisted's form parsing of
+every POST body is off (~60 us per request, both endpoints). Alternating runs of the
+commit before (e9252ed) and after, make-run, 16 clients, 10 s, load average 3-4 from the
+other session:
+
+             quotes/s   p50/p95/p99 ms             insert/s   ratio        server CPU ms/quote   PostgreSQL
+    before   243 | 273  65/101/120 | 61/104/125    518 | 577  0.47 | 0.47   4.68 | 4.75          1.48 | 1.49
+    after    249 | 270  60/110/130 | 56/97/129     447 | 538  0.56 | 0.50   4.87 | 4.54          1.63 | 1.59
+
+Contention moves every CPU figure by 10-20% from run to run (the untouched insert endpoint
+took 2.28-2.89 ms of server CPU, 0.53-0.70 of PostgreSQL), so compare within a run:
+server CPU per quote went from 2.0-2.1 to 1.7-1.9 times the insert's, PostgreSQL's from
+2.6-2.8 to 2.3-2.6 times. Sandbox 0.5 ms, load generator 0.25 ms. At ~7 ms of CPU per
+quote in all under this load, 2 cores cannot reach 500 quotes/s. (PostgreSQL CPU now also
+counts the backends the servers' pools open during a run; before, only those open at its
+start were counted, which could halve the figure.)
 """
 
 from __future__ import annotations
@@ -506,6 +530,9 @@ def main() -> int:
                             "postgres": postgres_backends(base_url, db_name)}
                     cpu_before = cpu_seconds(pids)
                     results[name] = load.run(args.duration)
+                    # Backends the servers' pools opened during the run count whole.
+                    pids["postgres"] = sorted({*pids["postgres"],
+                                               *postgres_backends(base_url, db_name)})
                     cpu_after = cpu_seconds(pids)
                     ok = max(results[name]["count"], 1)
                     results[name]["cpu_ms_per_ok"] = {
