@@ -24,6 +24,7 @@ from typing import Any
 import base58
 from django.conf import settings
 from nacl.signing import SigningKey
+from solders.signature import Signature
 
 UNSIGNED_FIELDS = ("signature", "status", "execution")
 
@@ -51,7 +52,9 @@ def service_public_key() -> str:
 def sign_quote(payload: dict[str, Any]) -> str:
     """base58 ed25519 signature over `canonical_json(payload)`."""
     key = _signing_key(settings.QUOTE_SIGNING_KEY)
-    return base58.b58encode(key.sign(canonical_json(payload)).signature).decode()
+    # solders prints 64 bytes in the same base58 as the base58 package, ~40 times faster
+    # (one per quote created).
+    return str(Signature.from_bytes(key.sign(canonical_json(payload)).signature))
 
 
 def verify_quote_signature(payload: dict[str, Any], signature: str, public_key: str) -> bool:
