@@ -1,5 +1,5 @@
-"""config.serving turns off twisted's form parsing of POST bodies in daphne's requests
-(the application reads the raw body; the parse only cost CPU)."""
+"""config.serving trims what daphne's twisted layer did per request for nobody: parsing
+POST bodies as forms (the application reads the raw body) and a third access-log line."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ def test_each_request_has_form_parsing_off():
                                   protocol_connected=lambda request: None)))
     request = http_protocol.WebRequest(channel)
     assert request._parsePOSTFormSubmission is False
+
+
+def test_twisted_writes_no_access_line_of_its_own():
+    """daphne's access log and Django's `config.access` lines stay; twisted's third is gone."""
+    import config.serving  # noqa: F401
+
+    factory = http_protocol.HTTPFactory(server=SimpleNamespace())
+    written: list[str] = []
+    factory._logFile = SimpleNamespace(write=written.append)
+    factory.log(SimpleNamespace())
+    assert written == []
