@@ -54,8 +54,10 @@ the chain read's own HTTP/1.1 transport instead of http.client 8.37 -> 7.99, the
 reservations statement's text cached 7.99 -> 7.91. PostgreSQL: the quote insert is a
 prepared statement (perf on the backends: parse, analyse and plan were ~half of their CPU
 per quote; -0.15 ms per quote in an in-process A/B). daphne: twisted's form parsing of
-every POST body is off (~60 us per request, both endpoints). Alternating runs of the
-commit before (e9252ed) and after, make-run, 16 clients, 10 s, load average 3-4 from the
+every POST body is off (~60 us per request, both endpoints). Then the signature's base58
+by solders 7.91 -> 7.64 M (-19% in all), and twisted's unread access-log line dropped
+(~2.5% of every request's server CPU). Alternating runs of e9252ed (before) and a1def74
+(after, without those last two), make-run, 16 clients, 10 s, load average 3-4 from the
 other session:
 
              quotes/s   p50/p95/p99 ms             insert/s   ratio        server CPU ms/quote   PostgreSQL
@@ -66,7 +68,12 @@ Contention moves every CPU figure by 10-20% from run to run (the untouched inser
 took 2.28-2.89 ms of server CPU, 0.53-0.70 of PostgreSQL), so compare within a run:
 server CPU per quote went from 2.0-2.1 to 1.7-1.9 times the insert's, PostgreSQL's from
 2.6-2.8 to 2.3-2.6 times. Sandbox 0.5 ms, load generator 0.25 ms. At ~7 ms of CPU per
-quote in all under this load, 2 cores cannot reach 500 quotes/s. (PostgreSQL CPU now also
+quote in all under this load, 2 cores cannot reach 500 quotes/s. Final pair at 0bd77aa
+(load average ~4): before 220 quotes/s, p95 111 ms, ratio 0.50, server 5.89 ms/quote
+(insert 3.06); after 189 quotes/s, p95 137 ms, ratio 0.47, server 6.50 (insert 3.31), with
+the sandbox's unchanged CPU per quote up 27% in that run (0.62 -> 0.79): on this machine
+now, a 10-20% change per quote is below what a throughput run can show; the instruction
+counts above are the evidence. (PostgreSQL CPU now also
 counts the backends the servers' pools open during a run; before, only those open at its
 start were counted, which could halve the figure.)
 """
