@@ -86,3 +86,37 @@ def test_cors_preflight(client):
 
 def test_cors_off_by_default(client):
     assert "Access-Control-Allow-Origin" not in client.get("/health", HTTP_ORIGIN="https://x.example")
+
+
+def test_the_bucket_lets_a_full_burst_through_then_refills_evenly(settings):
+    """GCRA: `4/min` is 4 requests at once, then one every 15 s; the state is one number."""
+    from django.core.cache import cache
+    from rest_framework.test import APIRequestFactory
+    from rest_framework.views import APIView
+
+    from config.throttling import QuoteIpThrottle
+
+    clock = [1_000.0]
+
+    class Throttle(QuoteIpThrottle):
+        rate = "4/min"
+
+        def timer(self):
+            return clock[0]
+
+    request = APIView().initialize_request(APIRequestFactory().post("/x", REMOTE_ADDR="10.1.2.3"))
+
+    def attempt() -> tuple[bool, float]:
+        throttle = Throttle()
+        return throttle.allow_request(request, None), throttle.wait()
+
+    assert [attempt()[0] for _ in range(4)] == [True] * 4
+    allowed, wait = attempt()
+    assert not allowed and wait == pytest.approx(15.0)
+    clock[0] += 14.9
+    assert not attempt()[0]
+    clock[0] += 0.1
+    assert [attempt()[0] for _ in range(2)] == [True, False]  # one 15 s share refilled
+    clock[0] += 60
+    assert [attempt()[0] for _ in range(5)] == [True] * 4 + [False]  # full again after idling
+    assert isinstance(cache.get(Throttle().get_cache_key(request, None)), float)
