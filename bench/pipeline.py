@@ -275,7 +275,9 @@ def _cpu_snapshot(qcluster_pid: int, children: Children) -> dict[str, float]:
     from django.db import connection
 
     def tree(pid: int) -> float:
-        return tree_sum(pid, lambda proc: sum(proc.cpu_times()[:2]))  # user + system
+        # user + system, and that of exited children each process reaped: django-q2
+        # replaces a worker after `recycle` tasks, taking its CPU out of the tree.
+        return tree_sum(pid, lambda proc: sum(proc.cpu_times()[:4]))
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
