@@ -126,7 +126,10 @@ def execution_run_batch(*, quote_id: Any, actor: str = ACTOR) -> RunResult:
 
 
 def _quote_progress(quote_id: uuid.UUID) -> tuple[str | None, RunResult | None]:
-    """(the quote's status, the result of its execution when that is final), one read."""
+    """(the quote's status, what this delivery has to report without doing anything: the
+    execution's final result, or "busy" while a live batch or driver holds its lease), one
+    read. "busy" is what the single driver would answer too, but only after waiting for
+    the quote's row lock, which the owning batch holds through each of its steps."""
     row = (Quote.objects.filter(pk=quote_id)
            .values_list("status", "execution__id", "execution__status",
                         "execution__signature", "execution__fail_reason").first())
@@ -136,7 +139,19 @@ def _quote_progress(quote_id: uuid.UUID) -> tuple[str | None, RunResult | None]:
     if execution_id is not None and execution_status in (E.CONFIRMED, E.FAILED):
         return status, RunResult(str(execution_status), str(execution_id), signature or "",
                                  str(fail_reason or ""))
+    if execution_id is not None and _lease_held_elsewhere(execution_id):
+        # Its owner finishes it, hands it over (a new delivery), or dies and leaves it to
+        # the recovery job (the lease goes with its connection).
+        return status, RunResult("busy", str(execution_id))
     return status, None
+
+
+def _lease_held_elsewhere(execution_id: Any) -> bool:
+    key = _lease_key(execution_id)
+    with connection.cursor() as cursor:  # take it and give it back at once when free
+        cursor.execute("SELECT CASE WHEN pg_try_advisory_lock(%s) THEN NOT pg_advisory_unlock(%s) "
+                       "ELSE true END", [key, key])
+        return bool(cursor.fetchone()[0])
 
 
 def _as_uuid(value: Any) -> uuid.UUID | None:

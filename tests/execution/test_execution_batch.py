@@ -164,3 +164,46 @@ def test_a_quote_that_does_not_land_in_the_batch_window_is_finished_by_the_drive
     assert chain_transaction_count(sandbox) == before + 1
     assert ExecutionTransition.objects.filter(execution=execution, to_status="confirmed").count() == 1
     assert_books_balanced()
+
+
+def test_a_delivery_for_a_quote_in_someone_elses_batch_answers_busy_without_waiting(sandbox):
+    """Under load most deliveries find their quote inside another worker's batch, which
+    holds the execution's lease and, during each step, the quote's row lock: the delivery
+    answers "busy" at once instead of queueing behind that lock."""
+    import threading
+    import time
+
+    from django.db import connections, transaction
+
+    from execution.services.executor import _lease_key
+    from tests.admin.admin_kit import start_execution
+
+    quote, _ = sol_quote(sandbox, 2_000_000)
+    execution = start_execution(quote, to="pending")
+    holding, release = threading.Event(), threading.Event()
+
+    def batch_step_in_another_worker() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(%s)", [_lease_key(execution.pk)])
+                cursor.execute("SELECT 1 FROM quotes_quote WHERE id = %s FOR UPDATE", [quote.pk])
+                holding.set()
+                release.wait(10)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock_all()")
+        finally:
+            connections.close_all()
+
+    owner = threading.Thread(target=batch_step_in_another_worker)
+    owner.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        result = execute_quote(str(quote.pk))
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        owner.join()
+    assert (result["outcome"], result["execution_id"]) == ("busy", str(execution.pk))
+    assert waited < 2.0, waited  # the row lock is held until `release` (10 s)
+    assert Execution.objects.get(pk=execution.pk).status == "pending"  # nothing was done
