@@ -25,9 +25,3 @@ def audit_record(*, event_type: str, actor: str, entity_type: str = "", entity_i
     event.save(force_insert=True)
     return event
 
-
-def audit_record_many(records: list[dict[str, Any]]) -> None:
-    """Several audit rows in one INSERT (the executor's batches). Each record takes the
-    keyword arguments of `audit_record`."""
-    if records:
-        AuditEvent.objects.bulk_create([audit_event(**record) for record in records])

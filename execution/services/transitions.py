@@ -18,14 +18,14 @@ from typing import Any
 
 from django.utils import timezone
 
-from config.bulk import update_rows
+from config.bulk import insert_together, update_rows
 from config.errors import Conflict
 from config.events import publish_after_commit
 from config.transitions import refuse_unless_allowed, require_transaction
 from execution.models import Execution, ExecutionStatus, ExecutionTransition
 from quotes.models import Quote
 from quotes.services.transitions import quote_status_event
-from risk.audit import audit_record, audit_record_many
+from risk.audit import audit_event, audit_record
 
 E = ExecutionStatus
 ALLOWED: dict[str, set[str]] = {
@@ -86,15 +86,15 @@ def execution_record_created(*, execution: Execution, actor: str, quote: Quote) 
 
 
 def execution_records_created(*, executions: list[Execution], actor: str) -> None:
-    """The first history rows of new executions (each with its `quote` loaded): one INSERT
-    of transition rows, one of audit rows."""
-    ExecutionTransition.objects.bulk_create([
+    """The first history rows of new executions (each with its `quote` loaded): transition
+    and audit rows in one INSERT."""
+    insert_together(*[
         ExecutionTransition(execution=e, from_status="", to_status=E.PENDING, actor=actor,
                             details={"quote_id": str(e.quote_id)})
-        for e in executions])
-    audit_record_many([
-        {"event_type": "execution_pending", "actor": actor, "entity_type": "execution",
-         "entity_id": e.pk, "user_id": e.quote.user_id, "details": {"quote_id": str(e.quote_id)}}
+        for e in executions], *[
+        audit_event(event_type="execution_pending", actor=actor, entity_type="execution",
+                    entity_id=e.pk, user_id=e.quote.user_id,
+                    details={"quote_id": str(e.quote_id)})
         for e in executions])
 
 
@@ -102,7 +102,7 @@ def execution_transition_many(*, executions: list[Execution], to_status: str, ac
                               fields: dict[Any, dict[str, Any]] | None = None,
                               details: dict[Any, dict[str, Any]] | None = None) -> None:
     """`execution_transition` for many executions the caller has locked: one UPDATE (per
-    distinct set of changed columns), one INSERT of history rows, one of audit rows.
+    distinct set of changed columns), one INSERT of history and audit rows.
 
     `fields` and `details` are keyed by execution id. Each execution's `quote` must be
     loaded (the audit row names the quote and its user). Events are the caller's to
@@ -129,12 +129,11 @@ def execution_transition_many(*, executions: list[Execution], to_status: str, ac
         history.append(ExecutionTransition(execution=execution, from_status=previous,
                                            to_status=to_status, at=now, actor=actor,
                                            details=why, signature=signature))
-        audits.append({"event_type": f"execution_{to_status}", "actor": actor,
-                       "entity_type": "execution", "entity_id": execution.pk,
-                       "user_id": execution.quote.user_id,
-                       "details": {"quote_id": str(execution.quote_id), "from": previous,
-                                   "to": to_status, "signature": signature, **why}})
+        audits.append(audit_event(
+            event_type=f"execution_{to_status}", actor=actor, entity_type="execution",
+            entity_id=execution.pk, user_id=execution.quote.user_id,
+            details={"quote_id": str(execution.quote_id), "from": previous, "to": to_status,
+                     "signature": signature, **why}))
     update_rows(Execution, {e.pk: {name: getattr(e, name) for name in changed}
                             for e in executions})
-    ExecutionTransition.objects.bulk_create(history)
-    audit_record_many(audits)
+    insert_together(*history, *audits)

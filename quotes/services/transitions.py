@@ -22,7 +22,7 @@ from config.errors import Conflict
 from config.events import publish_after_commit
 from config.transitions import refuse_unless_allowed, require_transaction
 from quotes.models import Quote, QuoteStatus, QuoteTransition
-from risk.audit import audit_event, audit_record_many
+from risk.audit import audit_event
 
 S = QuoteStatus
 ALLOWED: dict[str, set[str]] = {
@@ -132,12 +132,11 @@ def quote_transition_many(*, quotes: list[Quote], to_status: str, actor: str,
         transitions.append(QuoteTransition(quote=quote, from_status=previous,
                                            to_status=to_status, at=now, actor=actor,
                                            details=why, tx_hash=tx_hash))
-        audits.append({"event_type": f"quote_{to_status}", "actor": actor,
-                       "entity_type": "quote", "entity_id": quote.pk, "user_id": quote.user_id,
-                       "details": {"from": previous, "to": to_status, "tx_hash": tx_hash,
-                                   **why}})
-    QuoteTransition.objects.bulk_create(transitions)
-    audit_record_many(audits)
+        audits.append(audit_event(
+            event_type=f"quote_{to_status}", actor=actor, entity_type="quote",
+            entity_id=quote.pk, user_id=quote.user_id,
+            details={"from": previous, "to": to_status, "tx_hash": tx_hash, **why}))
+    insert_together(*transitions, *audits)
 
 
 def quote_status_event(quote: Quote, *, previous: str | None, at: Any = None,

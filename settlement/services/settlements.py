@@ -28,10 +28,11 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config.bulk import insert_together
 from config.errors import Conflict, InvalidRequest, NotFound
 from config.transitions import refuse_unless_allowed, require_transaction
 from execution.models import Execution, ExecutionStatus
-from risk.audit import audit_record, audit_record_many
+from risk.audit import audit_event, audit_record
 from settlement.models import (
     FundingPayment,
     FundingPaymentStatus,
@@ -85,30 +86,32 @@ def settlement_open_many(*, opened: list[tuple[Execution, FundingPayment | None]
     require_transaction("settlement_open_many")
     if not opened:
         return
-    settlements = Settlement.objects.bulk_create([
+    settlements = [
         Settlement(execution=execution, funding_payment=payment, status=SettlementStatus.PENDING,
                    source_chain=execution.quote.source_chain,
                    source_tx_hash=payment.tx_hash if payment else "",
                    source_amount=execution.quote.total_cost)
         for execution, payment in opened
-    ])
-    SettlementTransition.objects.bulk_create([
+    ]
+    transitions = [
         SettlementTransition(settlement=settlement, from_status="",
                              to_status=SettlementStatus.PENDING, actor=actor,
                              details={"execution_id": str(execution.pk),
                                       "quote_id": str(execution.quote_id)},
                              tx_hash=settlement.source_tx_hash)
         for settlement, (execution, _) in zip(settlements, opened, strict=True)
-    ])
-    audit_record_many([
-        {"event_type": "settlement_pending", "actor": actor, "entity_type": "settlement",
-         "entity_id": settlement.pk, "user_id": execution.quote.user_id,
-         "details": {"execution_id": str(execution.pk), "quote_id": str(execution.quote_id),
-                     "source_chain": execution.quote.source_chain,
-                     "source_tx_hash": settlement.source_tx_hash,
-                     "source_amount": str(execution.quote.total_cost)}}
+    ]
+    audits = [
+        audit_event(event_type="settlement_pending", actor=actor, entity_type="settlement",
+                    entity_id=settlement.pk, user_id=execution.quote.user_id,
+                    details={"execution_id": str(execution.pk),
+                             "quote_id": str(execution.quote_id),
+                             "source_chain": execution.quote.source_chain,
+                             "source_tx_hash": settlement.source_tx_hash,
+                             "source_amount": str(execution.quote.total_cost)})
         for settlement, (execution, _) in zip(settlements, opened, strict=True)
-    ])
+    ]
+    insert_together(*settlements, *transitions, *audits)  # one statement for the batch
 
 
 # -- lifecycle after opening (seed 004): verify, settle, fail, time out, retry ---------------
