@@ -56,9 +56,11 @@ prepared statement (perf on the backends: parse, analyse and plan were ~half of 
 per quote; -0.15 ms per quote in an in-process A/B). daphne: twisted's form parsing of
 every POST body is off (~60 us per request, both endpoints). Then the signature's base58
 by solders 7.91 -> 7.64 M (-19% in all), and twisted's unread access-log line dropped
-(~2.5% of every request's server CPU). Alternating runs of e9252ed (before) and a1def74
-(after, without those last two), make-run, 16 clients, 10 s, load average 3-4 from the
-other session:
+(~2.5% of every request's server CPU). The own HTTP/1.1 transport was later taken back
+out for http.client (a hand-written HTTP parser to own for ~4.5% of a quote's
+instructions): about 8.0 M per quote by that step's own figure (not re-measured).
+Alternating runs of e9252ed (before) and a1def74 (after, without those last two),
+make-run, 16 clients, 10 s, load average 3-4 from the other session:
 
              quotes/s   p50/p95/p99 ms             insert/s   ratio        server CPU ms/quote   PostgreSQL
     before   243 | 273  65/101/120 | 61/104/125    518 | 577  0.47 | 0.47   4.68 | 4.75          1.48 | 1.49

@@ -25,8 +25,6 @@ import base64
 import functools
 import http.client
 import json
-import socket
-import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,108 +150,6 @@ class _Simulation:
         return self.err is None
 
 
-class _NodeConnection:
-    """One kept-alive HTTP/1.1 connection to the node: POST a JSON body, read the answer.
-
-    http.client parses every response's headers with the email package: on the quote path
-    that was a fifth of the chain read's CPU, for a JSON-RPC answer of which we need the
-    status and the body's framing (Content-Length, or chunked). Anything else the node
-    says is read past. Failures raise OSError or http.client's exceptions, as
-    http.client's connections do.
-    """
-
-    MAX_LINE = 65536  # http.client's limits
-    MAX_HEADERS = 100
-    MAX_BODY = 64 * 1024 * 1024
-
-    def __init__(self, host: str, port: int, *, https: bool, timeout: float) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if https:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        self._sock = sock
-        self._reader = sock.makefile("rb")
-
-    def close(self) -> None:
-        self._reader.close()
-        self._sock.close()
-
-    def post(self, head: bytes, body: bytes) -> tuple[int, bytes, bool]:
-        """Send `head` (request line and headers) and `body`: (status, payload, reusable)."""
-        self._sock.sendall(head + body)
-        while True:
-            version, status = self._status_line()
-            headers = self._headers()
-            if not 100 <= status < 200:  # skip interim answers (100 Continue)
-                break
-        reusable = version == b"HTTP/1.1" and b"close" not in headers.get(b"connection", b"")
-        if b"chunked" in headers.get(b"transfer-encoding", b""):
-            payload = self._chunked()
-        elif b"content-length" in headers:
-            try:
-                length = int(headers[b"content-length"])
-            except ValueError:
-                raise http.client.HTTPException("bad Content-Length") from None
-            if not 0 <= length <= self.MAX_BODY:
-                raise http.client.HTTPException(f"Content-Length {length} out of bounds")
-            payload = self._exactly(length)
-        else:  # the body ends when the node closes the connection
-            payload, reusable = self._reader.read(self.MAX_BODY + 1), False
-            if len(payload) > self.MAX_BODY:
-                raise http.client.HTTPException("answer too large")
-        return status, payload, reusable
-
-    def _line(self) -> bytes:
-        line = self._reader.readline(self.MAX_LINE + 1)
-        if len(line) > self.MAX_LINE:
-            raise http.client.LineTooLong("header line")
-        return line
-
-    def _status_line(self) -> tuple[bytes, int]:
-        line = self._line()
-        if not line:  # a kept connection the node closed while it was idle
-            raise http.client.RemoteDisconnected("node closed the connection")
-        version, _, rest = line.partition(b" ")
-        code = rest[:3]
-        if not version.startswith(b"HTTP/") or not code.isdigit():
-            raise http.client.BadStatusLine(repr(line[:80]))
-        return version, int(code)
-
-    def _headers(self) -> dict[bytes, bytes]:
-        headers: dict[bytes, bytes] = {}
-        for _ in range(self.MAX_HEADERS + 1):
-            line = self._line()
-            if line in (b"\r\n", b"\n", b""):
-                return headers
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip().lower()
-        raise http.client.HTTPException("too many headers")
-
-    def _exactly(self, length: int) -> bytes:
-        data = self._reader.read(length)
-        if len(data) != length:
-            raise http.client.IncompleteRead(data, length - len(data))
-        return data
-
-    def _chunked(self) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            size_line = self._line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise http.client.HTTPException("bad chunk size") from None
-            if size == 0:
-                self._headers()  # trailers, up to the blank line
-                return b"".join(chunks)
-            total += size
-            if total > self.MAX_BODY:
-                raise http.client.HTTPException("answer too large")
-            chunks.append(self._exactly(size))
-            self._exactly(2)  # the CRLF after each chunk
-
-
 class _ChainReader:
     """getMultipleAccounts + simulateTransaction as one JSON-RPC batch over keep-alive
     connections shared by the process's threads. Retried once when the node does not answer (both are reads),
@@ -267,47 +163,45 @@ class _ChainReader:
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or (443 if self._https else 80)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host = parts.netloc.rpartition("@")[2]  # the Host header never carries credentials
-        self._head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
-                      "Content-Type: application/json\r\nContent-Length: ").encode()
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._lock = threading.Lock()
-        self._idle: list[_NodeConnection] = []
+        self._idle: list[http.client.HTTPConnection] = []
 
-    def _connection(self, *, fresh: bool) -> _NodeConnection:
+    def _connection(self, *, fresh: bool) -> http.client.HTTPConnection:
         with self._lock:
             if self._idle and not fresh:
                 return self._idle.pop()
-        return _NodeConnection(self._host, self._port, https=self._https, timeout=self.timeout)
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=self.timeout)
 
     def _post(self, body: bytes) -> Any:
-        head = self._head + b"%d\r\n\r\n" % len(body)
         for attempt in range(2):
             # The retry opens a new connection: a kept one the node has closed meanwhile
             # fails at once, and must not be mistaken for a node that is down.
-            conn: _NodeConnection | None = None
+            conn = self._connection(fresh=attempt > 0)
             try:
-                conn = self._connection(fresh=attempt > 0)
-                status, payload, reusable = conn.post(head, body)
+                conn.request("POST", self._path, body=body,
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                payload = response.read()
             except (OSError, http.client.HTTPException) as exc:
-                if conn is not None:
-                    conn.close()
+                conn.close()
                 if attempt:
                     raise SolanaUnavailable(f"RPC node unreachable: {exc!r}") from None
                 continue
             with self._lock:  # kept alive for the next caller, whichever thread it is
-                kept = reusable and len(self._idle) < self.MAX_IDLE
+                kept = len(self._idle) < self.MAX_IDLE
                 if kept:
                     self._idle.append(conn)
             if not kept:
                 conn.close()
-            if status >= 500 or status == 429:
+            if response.status >= 500 or response.status == 429:
                 if attempt:
-                    raise SolanaUnavailable(f"HTTP {status} from RPC node")
+                    raise SolanaUnavailable(f"HTTP {response.status} from RPC node")
                 continue
-            if status != 200:
-                raise SolanaError(f"HTTP {status} from RPC node")
+            if response.status != 200:
+                raise SolanaError(f"HTTP {response.status} from RPC node")
             try:
                 return json.loads(payload)
             except ValueError:

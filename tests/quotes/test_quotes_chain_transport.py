@@ -24,6 +24,7 @@ class RawNode:
     def __init__(self, answers: list[Answer]) -> None:
         self.answers = answers
         self.requests: list[tuple[int, bytes]] = []  # (connection number, body)
+        self.heads: list[bytes] = []  # request line and headers, as received
         self.connections = 0
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/rpc"
@@ -45,12 +46,14 @@ class RawNode:
                 request_line = reader.readline()
                 if not request_line:
                     return
-                length = 0
+                length, head = 0, request_line
                 while (line := reader.readline()) not in (b"\r\n", b""):
+                    head += line
                     name, _, value = line.partition(b":")
                     if name.lower() == b"content-length":
                         length = int(value)
                 body = reader.read(length)
+                self.heads.append(head)
                 self.requests.append((number, body))
                 answer = self.answers.pop(0)(body) if self.answers else None
                 if answer is None:
@@ -186,4 +189,7 @@ def test_the_request_names_the_host_path_and_length(node):
     server = node([record])
     reader_for(server)._post(b'{"jsonrpc":"2.0"}')
     assert seen == [b'{"jsonrpc":"2.0"}']
-    assert reader_for(server)._head.startswith(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1:")
+    head = server.heads[0]
+    assert head.startswith(b"POST /rpc HTTP/1.1\r\n")
+    assert b"\r\nHost: 127.0.0.1:" in head
+    assert b"\r\nContent-Length: %d\r\n" % len(seen[0]) in head
