@@ -120,22 +120,27 @@ def _check_balanced(reference: str, legs: list[Leg]) -> None:
         raise UnbalancedEntry(f"entry {reference} does not balance: {dict(totals)}")
 
 
+def _unsaved(spec: EntrySpec,
+             accounts: dict[str, LedgerAccount]) -> tuple[JournalEntry, list[Posting]]:
+    """The entry and its postings as rows not yet written (the spec checked balanced)."""
+    entry = JournalEntry(reference=spec.reference, kind=spec.kind, description=spec.description,
+                         quote_id=spec.quote_id, user_id=spec.user_id, tx_hash=spec.tx_hash)
+    return entry, [Posting(entry=entry, account=accounts[leg.account], asset=leg.asset,
+                           amount=Decimal(leg.amount)) for leg in spec.legs]
+
+
 def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str = "",
                 quote_id: Any = None, user_id: Any = None, tx_hash: str = "") -> JournalEntry:
     """Post a balanced entry once per `reference`; a repeat returns the first entry."""
     _check_balanced(reference, legs)
     accounts = _accounts((leg.account, leg.asset) for leg in legs)
+    entry, postings = _unsaved(EntrySpec(reference=reference, kind=kind, legs=legs,
+                                         description=description, quote_id=quote_id,
+                                         user_id=user_id, tx_hash=tx_hash), accounts)
     try:
         with transaction.atomic():  # savepoint: a duplicate reference must not poison the caller
-            entry = JournalEntry.objects.create(
-                reference=reference, kind=kind, description=description,
-                quote_id=quote_id, user_id=user_id, tx_hash=tx_hash,
-            )
-            Posting.objects.bulk_create(
-                Posting(entry=entry, account=accounts[leg.account], asset=leg.asset,
-                        amount=Decimal(leg.amount))
-                for leg in legs
-            )
+            entry.save(force_insert=True)
+            Posting.objects.bulk_create(postings)
     except IntegrityError:
         existing = JournalEntry.objects.filter(reference=reference).first()
         if existing is None:
@@ -157,16 +162,9 @@ def ledger_post_many(entries: list[EntrySpec]) -> None:
     for spec in entries:
         _check_balanced(spec.reference, spec.legs)
     accounts = _accounts((leg.account, leg.asset) for spec in entries for leg in spec.legs)
-    rows = JournalEntry.objects.bulk_create([
-        JournalEntry(reference=spec.reference, kind=spec.kind, description=spec.description,
-                     quote_id=spec.quote_id, user_id=spec.user_id, tx_hash=spec.tx_hash)
-        for spec in entries
-    ])
-    Posting.objects.bulk_create(
-        Posting(entry=row, account=accounts[leg.account], asset=leg.asset,
-                amount=Decimal(leg.amount))
-        for row, spec in zip(rows, entries, strict=True) for leg in spec.legs
-    )
+    unsaved = [_unsaved(spec, accounts) for spec in entries]
+    JournalEntry.objects.bulk_create([entry for entry, _ in unsaved])
+    Posting.objects.bulk_create([posting for _, postings in unsaved for posting in postings])
 
 
 def ledger_entry_rows(spec: EntrySpec) -> list[Model]:
@@ -174,11 +172,8 @@ def ledger_entry_rows(spec: EntrySpec) -> list[Model]:
     them with its other rows in one statement (`config.bulk.insert_together`) because it
     knows the reference is new."""
     _check_balanced(spec.reference, spec.legs)
-    accounts = _accounts((leg.account, leg.asset) for leg in spec.legs)
-    entry = JournalEntry(reference=spec.reference, kind=spec.kind, description=spec.description,
-                         quote_id=spec.quote_id, user_id=spec.user_id, tx_hash=spec.tx_hash)
-    return [entry, *(Posting(entry=entry, account=accounts[leg.account], asset=leg.asset,
-                             amount=Decimal(leg.amount)) for leg in spec.legs)]
+    entry, postings = _unsaved(spec, _accounts((leg.account, leg.asset) for leg in spec.legs))
+    return [entry, *postings]
 
 
 def account_balance(code: str) -> int:
