@@ -34,7 +34,16 @@ def _inserted_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return fields
 
 
-_insert_if_new_statements: dict[tuple[type[models.Model], tuple[str, ...]], str] = {}
+def _insert_into(model: type[models.Model], fields: list[models.Field[Any, Any]]) -> sql.Composed:
+    """`INSERT INTO table (columns) VALUES (placeholders)` for one row of `model`."""
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(model._meta.db_table),
+        sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
+        sql.SQL(", ").join(sql.Placeholder() * len(fields)))
+
+
+_insert_if_new_statements: dict[tuple[type[models.Model], tuple[str, ...]],
+                                tuple[str, list[models.Field[Any, Any]]]] = {}
 
 
 def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
@@ -43,19 +52,18 @@ def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
     (any other violation still raises)."""
     model = type(row)
     key = (model, unique)
-    fields = _inserted_fields(model)
     if key not in _insert_if_new_statements:
+        fields = _inserted_fields(model)
         conflict = [cast(models.Field, model._meta.get_field(name)).column  # type: ignore[type-arg]
                     for name in unique]
-        _insert_if_new_statements[key] = sql.SQL(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO NOTHING RETURNING 1").format(
-            sql.Identifier(model._meta.db_table),
-            sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
-            sql.SQL(", ").join(sql.Placeholder() * len(fields)),
+        statement = sql.SQL("{} ON CONFLICT ({}) DO NOTHING RETURNING 1").format(
+            _insert_into(model, fields),
             sql.SQL(", ").join(sql.Identifier(str(c)) for c in conflict)).as_string()
+        _insert_if_new_statements[key] = (statement, fields)
+    statement, fields = _insert_if_new_statements[key]
     params = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_if_new_statements[key], params)
+        cursor.execute(statement, params)
         inserted = cursor.fetchone() is not None
     if inserted:
         row._state.adding = False
@@ -73,10 +81,7 @@ def insert_together(*rows: models.Model) -> None:
         parts, fields_of = [], []
         for model in shape:
             fields = _inserted_fields(model)
-            parts.append(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                sql.Identifier(model._meta.db_table),
-                sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
-                sql.SQL(", ").join(sql.Placeholder() * len(fields))))
+            parts.append(_insert_into(model, fields))
             fields_of.append(fields)
         ctes = [sql.SQL("{} AS ({})").format(sql.Identifier(f"row{n}"), part)
                 for n, part in enumerate(parts[:-1])]
