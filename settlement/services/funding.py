@@ -167,9 +167,9 @@ def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
         if target.quote is not None:
             outcome = _apply_to_quote(target.quote, verified, source, rows)
         elif target.deposit_user_id is not None:
-            outcome = _credit_balance(verified, source, target.deposit_user_id)
+            outcome = _credit_balance(verified, source, target.deposit_user_id, rows)
         else:
-            outcome = _hold_unmatched(verified, source)
+            outcome = _hold_unmatched(verified, source, rows)
         if not outcome.created:  # a replay: the payment is known and nothing changes
             return outcome
         payment = outcome.payment
@@ -315,9 +315,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _book(payment: FundingPayment, credits: list[tuple[str, str, int]], *, kind: str,
-          description: str, rows: list[Model] | None = None) -> None:
+          description: str, rows: list[Model]) -> None:
     """The payment's one entry: the treasury received `amount`; `credits` say whose it is.
-    With `rows`, its rows are appended there for the caller to insert with its own."""
+    Its rows are appended to `rows`, which payment_record inserts in one statement."""
     asset, chain, amount = payment.asset, payment.chain, int(payment.amount)
     legs = [Leg(account_code("treasury", chain, asset), asset, amount)]
     legs += [Leg(account_code(kind_, scope, asset), asset, -value)
@@ -327,10 +327,7 @@ def _book(payment: FundingPayment, credits: list[tuple[str, str, int]], *, kind:
     entry = ledger_entry_rows(EntrySpec(
         reference=f"payment:{chain}:{payment.tx_hash}", kind=kind, description=description,
         legs=legs, quote_id=payment.quote_id, user_id=payment.user_id, tx_hash=payment.tx_hash))
-    if rows is None:
-        insert_together(*entry)
-    else:
-        rows.extend(entry)
+    rows.extend(entry)
 
 
 def _apply_to_quote(quote: Quote, verified: VerifiedPayment, source: str,
@@ -386,13 +383,14 @@ def _apply_to_quote(quote: Quote, verified: VerifiedPayment, source: str,
                           committed=committed)
 
 
-def _credit_balance(verified: VerifiedPayment, source: str, user_id: uuid.UUID) -> PaymentOutcome:
+def _credit_balance(verified: VerifiedPayment, source: str, user_id: uuid.UUID,
+                    rows: list[Model]) -> PaymentOutcome:
     payment, created = _payment_insert(verified, source, P.CREDITED, user_id=user_id)
     if not created:
         return _outcome_of(payment, created=False)
     amount = int(payment.amount)
     _book(payment, [("user_balance", str(user_id), amount)], kind="balance_deposit",
-          description="Prepaid balance deposit")
+          description="Prepaid balance deposit", rows=rows)
     # The projection moves with its posting, under the balance row lock (balances service).
     balance = lock_balance(user_id=user_id, chain=payment.chain)
     balance_apply(balance=balance, amount_delta=amount)
@@ -400,13 +398,14 @@ def _credit_balance(verified: VerifiedPayment, source: str, user_id: uuid.UUID) 
     return PaymentOutcome(payment=payment, quote=None, refund=None, created=True, committed=False)
 
 
-def _hold_unmatched(verified: VerifiedPayment, source: str) -> PaymentOutcome:
+def _hold_unmatched(verified: VerifiedPayment, source: str, rows: list[Model]) -> PaymentOutcome:
     # Resolved later by an operator.
     payment, created = _payment_insert(verified, source, P.UNMATCHED, resolved=False)
     if not created:
         return _outcome_of(payment, created=False)
     _book(payment, [("unmatched_deposits", payment.chain, int(payment.amount))],
-          kind="payment_unmatched", description="Payment with an unknown memo, held for an operator")
+          kind="payment_unmatched", description="Payment with an unknown memo, held for an operator",
+          rows=rows)
     return PaymentOutcome(payment=payment, quote=None, refund=None, created=True, committed=False)
 
 
