@@ -115,7 +115,7 @@ def publish_after_commit_many(published: list[Published]) -> None:
     them, and one look-up of the users' notify URLs."""
     if not published:
         return
-    sends = _group_sends(list(published))
+    sends = _group_sends(published)
     layer = get_channel_layer()
     if isinstance(layer, DefaultDatabaseChannelLayer):
         layer.group_send_in_transaction(sends)

@@ -100,8 +100,8 @@ def quote_transition(*, quote_id: Any, to_status: str, actor: str,
 def quote_transition_many(*, quotes: list[Quote], to_status: str, actor: str,
                           expected_from: set[str], details: dict[Any, dict[str, Any]],
                           tx_hashes: dict[Any, str] | None = None) -> None:
-    """`quote_transition` for many quotes the caller has locked, in a few statements: one
-    UPDATE, one INSERT of transition rows, one of audit rows. Every quote must be in a
+    """`quote_transition` for many quotes the caller has locked, in two statements: one
+    UPDATE, one INSERT of the transition and audit rows. Every quote must be in a
     status of `expected_from` that may become `to_status`, or nothing is written.
 
     Events are the caller's to publish (it knows the execution each one carries).
