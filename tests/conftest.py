@@ -37,6 +37,17 @@ def anon_client() -> APIClient:
     return APIClient()
 
 
+@pytest.fixture
+def fresh_channel_layers():
+    """Transitions made in this process publish through a channel layer built for this test
+    (a layer caches its database connection settings and event loop)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 # -- Solana sandbox (LiteSVM JSON-RPC server) -------------------------------------------------
 
 

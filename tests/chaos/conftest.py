@@ -18,13 +18,8 @@ def _quiet_queue_logs():
 
 
 @pytest.fixture(autouse=True)
-def _fresh_channel_layers():
-    """Transitions made in this process publish through a layer built for this test."""
-    from channels.layers import channel_layers
-
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
+def _fresh_channel_layers(fresh_channel_layers):
+    """Every chaos test: transitions made here publish through a layer built for it."""
 
 
 @pytest.fixture

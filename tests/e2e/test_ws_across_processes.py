@@ -17,16 +17,8 @@ from tests.e2e.stack import running_stack
 from tests.factories import QuoteFactory
 from users.authentication import token_issue
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def fresh_channel_layers():
-    from channels.layers import channel_layers
-
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow,
+              pytest.mark.usefixtures("fresh_channel_layers")]
 
 
 def redis_available() -> bool:

@@ -22,18 +22,10 @@ from quotes.signing import service_public_key, verify_quote_signature
 from tests.e2e import stack
 from users.authentication import token_issue
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow,
+              pytest.mark.usefixtures("fresh_channel_layers")]
 
 PROCESSES = 2
-
-
-@pytest.fixture(autouse=True)
-def fresh_channel_layers():
-    from channels.layers import channel_layers
-
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
 
 
 @contextlib.contextmanager
