@@ -114,8 +114,9 @@ class ThreadPoolHttp:
     def _respond(self, environ: dict[str, Any], loop: asyncio.AbstractEventLoop,
                  send: Send) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         # Mark this thread as serving `loop`, as Django's own ASGI path does (asgiref), so
-        # what the view publishes after commit runs on daphne's loop, where the channel
-        # layer and its connection pool live, not on a second loop of this process.
+        # what the view publishes after commit through the Redis channel layer runs on
+        # daphne's loop, where that layer's connections live, not on a second loop of this
+        # process. (The PostgreSQL layer publishes inside the view's transaction instead.)
         SyncToAsync.threadlocal.main_event_loop = loop
         SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
         started: dict[str, Any] = {}
