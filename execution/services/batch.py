@@ -91,6 +91,13 @@ class _Item:
         return self.execution.quote
 
 
+# Executions and their quotes locked together, in id order (as the ORM's
+# select_for_update().select_related("quote") locked them), only their state read back.
+_LOCK_EXECUTIONS = (
+    "SELECT e.id, e.status, e.signature FROM execution_execution e "
+    "JOIN quotes_quote q ON q.id = e.quote_id WHERE e.id = ANY(%s) ORDER BY e.id FOR UPDATE")
+
+
 class _BreakerOpen(Exception):
     """Raised inside the start transaction to roll it back while the breaker is open."""
 
@@ -415,19 +422,25 @@ class _Batch:
     # -- plumbing ------------------------------------------------------------------------
 
     def _lock(self, items: list[_Item], *, status: str) -> list[_Item]:
-        """Lock the items' executions (and quotes); keep those still in `status`. Others
-        moved on under someone else (an operator's action): the single driver looks."""
+        """Lock the items' executions and quotes; keep those still in `status` (and, once
+        signed, still on this batch's attempt). Others moved on under someone else (an
+        operator's action): the single driver looks.
+
+        Only the state is read back: the rows in memory are this batch's own (it has held
+        their lease since it created them, and every write since was its own), so
+        reloading whole quotes (instructions, price snapshot) at every step was CPU spent
+        decoding what it already had."""
         by_id = {item.execution.pk: item for item in items}
-        rows = {e.pk: e for e in Execution.objects.select_for_update().select_related("quote")
-                .filter(pk__in=list(by_id)).order_by("pk")}
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_EXECUTIONS, [list(by_id)])
+            rows = {pk: (row_status, signature) for pk, row_status, signature in cursor.fetchall()}
         kept = []
         for pk, item in by_id.items():
-            row = rows.get(pk)
-            if row is None or row.status != status or (
-                    item.attempt is not None and row.signature != item.attempt.signature):
+            row_status, signature = rows.get(pk, (None, None))
+            if row_status != status or (
+                    item.attempt is not None and signature != item.attempt.signature):
                 self._drop(item)
                 continue
-            item.execution = row
             kept.append(item)
         return kept
 

@@ -148,6 +148,39 @@ def test_the_batch_guard_judges_exactly_as_the_single_guard(sandbox):
     assert alone[5].fail_reason == "INSUFFICIENT_TREASURY"
 
 
+def test_an_execution_that_moves_on_under_someone_else_mid_batch_is_left_to_the_driver(
+        sandbox, monkeypatch):
+    """Between two steps another hand moves one batch member on (here: marks it submitted,
+    as a driver would). Each step re-locks its members and reads their state back: the
+    batch neither sends nor records it, the single driver finishes it, and it lands once."""
+    from execution.services import batch as batch_module
+
+    sols = [sol_quote(sandbox, 2_100_000 + n) for n in range(3)]
+    moved_quote = sols[1][0]
+    before = chain_transaction_count(sandbox)
+    real_guard = batch_module.outflow_guard_check_many
+
+    def guard_while_someone_moves_one(**kwargs):
+        Execution.objects.filter(quote=moved_quote).update(status="submitted")
+        return real_guard(**kwargs)
+
+    monkeypatch.setattr(batch_module, "outflow_guard_check_many", guard_while_someone_moves_one)
+
+    assert execute_quote(str(sols[0][0].pk))["outcome"] == "confirmed"
+    monkeypatch.setattr(batch_module, "outflow_guard_check_many", real_guard)
+    # The batch handed the moved one to the single driver: run that task as a worker would.
+    assert [r["outcome"] for r in run_queued("execution.tasks.execute_quote")] == ["confirmed"]
+
+    assert [sandbox.balance(r) for _, r in sols] == [2_100_000 + n for n in range(3)]
+    assert chain_transaction_count(sandbox) == before + 3
+    moved = Execution.objects.get(quote=moved_quote)
+    assert ExecutionTransition.objects.filter(execution=moved, to_status="confirmed").count() == 1
+    assert list(ExecutionAttempt.objects.filter(execution=moved).values_list("state", flat=True)) == [
+        "landed"]
+    assert all(Quote.objects.get(pk=q.pk).status == "executed" for q, _ in sols)
+    assert_books_balanced()
+
+
 def test_a_quote_that_does_not_land_in_the_batch_window_is_finished_by_the_driver(sandbox, settings):
     settings.EXECUTION_BATCH_CONFIRM_SECONDS = 0.0
     settings.EXECUTION_RESEND_INTERVAL_SECONDS = 0.1
