@@ -12,6 +12,7 @@ from pathlib import Path
 
 import environ
 
+from config.db_backend.pool_check import check_quiet_connection
 from config.embedded import database_settings_from_uri, embedded_database_uri, sandbox_identity
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -111,10 +112,13 @@ _db["OPTIONS"] = {"connect_timeout": 5}
 # The ASGI web process runs each sync view in a short-lived thread, so per-thread
 # persistent connections pile up ("too many clients"); a psycopg pool bounds them.
 # Forking processes (the django-q2 cluster) keep plain persistent connections instead.
+# Its checkout check costs a round trip only for a connection the server has since spoken
+# on (config/db_backend/pool_check.py); config.db_backend lets the pool take that check.
 if env.bool("DB_POOL", default=False):
+    _db["ENGINE"] = "config.db_backend"
     _db["CONN_MAX_AGE"] = 0
     _db["OPTIONS"]["pool"] = {"min_size": 2, "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
-                              "timeout": 10}
+                              "timeout": 10, "check": check_quiet_connection}
 # Each checkout gets its own test database, so parallel checkouts on one server don't collide.
 _db["TEST"] = {"NAME": "test_solpay_" + hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]
                + (f"_{env.str('TEST_DB_SUFFIX')}" if env.str("TEST_DB_SUFFIX", default="") else "")}

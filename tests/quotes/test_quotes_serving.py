@@ -121,3 +121,29 @@ def test_make_run_web_processes_serve_rest_and_websocket_on_one_port(quote_setti
     for seen in frames:
         assert [(f["previous"], f["status"]) for f in seen] == [(None, "pending"),
                                                                 ("pending", "cancelled")]
+
+
+def test_quotes_succeed_after_the_web_processes_pooled_connections_are_terminated(
+        quote_settings, work, stellar_user):
+    """The pool's check skips its round trip for a quiet connection; a connection the
+    server has cut (pg_terminate_backend, as a failover or an operator would) must still
+    never reach a request."""
+    from django.db import connection
+
+    token = token_issue(user=stellar_user)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = json.dumps({"source_chain": "stellar",
+                       "instructions": work.as_json(work.sol_transfer(1_000_000))}).encode()
+    with web_processes(quote_settings) as port:
+        for _ in range(2 * PROCESSES):
+            status, quote = request(port, "POST", "/api/v1/quotes", body, auth)
+            assert status == 201, quote
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                           "AND backend_type = 'client backend'")
+            assert cursor.rowcount >= 2 * PROCESSES  # each process's pool keeps two or more
+
+        statuses = [request(port, "POST", "/api/v1/quotes", body, auth)[0]
+                    for _ in range(4 * PROCESSES)]
+    assert statuses == [201] * (4 * PROCESSES)
