@@ -31,6 +31,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model, Sum
 
 from config.chains import Chain
+from config.rows import RowReader
 from settlement.models import JournalEntry, LedgerAccount, Posting
 
 Kind = LedgerAccount.Kind
@@ -79,12 +80,15 @@ def _chain_of(code: str, asset: str) -> str:
     return {"XLM": Chain.STELLAR, "NEAR": Chain.NEAR}.get(asset, Chain.SOLANA)
 
 
+_account_rows = RowReader(LedgerAccount)
+_ACCOUNTS_BY_CODE = _account_rows.select + " WHERE t.code = ANY(%s)"
+
+
 def _accounts(codes: Iterable[tuple[str, str]]) -> dict[str, LedgerAccount]:
     """Fetch or create accounts by code in one query when they all exist."""
     wanted = dict(codes)
-    # Raw: every booking asks this, and the ORM's SQL compilation cost more than the query.
-    found = {a.code: a for a in LedgerAccount.objects.raw(
-        "SELECT * FROM settlement_ledgeraccount WHERE code = ANY(%s)", [list(wanted)])}
+    # A fixed statement: every booking asks this (config.rows says why).
+    found = {a.code: a for a in _account_rows.all(_ACCOUNTS_BY_CODE, [list(wanted)])}
     for code, asset in wanted.items():
         if code not in found:
             kind_name, scope = code.split(":")[0], code.split(":")[1]

@@ -50,6 +50,7 @@ from django.utils import timezone
 from config.bulk import insert_if_new, insert_together
 from config.errors import ServiceError, Unavailable
 from config.events import Published, publish_after_commit_many
+from config.rows import RowReader
 from execution.services.enqueue import execution_enqueue
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import quote_status_event, quote_transition
@@ -226,17 +227,16 @@ def _check_expected(expected_quote: Quote | None, quote_id: Any) -> None:
         raise PaymentRefused("QUOTE_MISMATCH", "This payment's memo does not pay this quote")
 
 
-_QUOTE_BY_MEMO = """
-SELECT * FROM quotes_quote
-WHERE source_chain = %s AND payment_memo = %s AND (%s::text IS NULL OR payment_memo_type = %s)
+_quote_rows = RowReader(Quote)
+_QUOTE_BY_MEMO = _quote_rows.select + """
+WHERE t.source_chain = %s AND t.payment_memo = %s AND (%s::text IS NULL OR t.payment_memo_type = %s)
 FOR UPDATE"""
 
 
 def _quote_by_memo(chain: str, memo: str, memo_type: str | None = None) -> Quote | None:
-    # Raw: every payment asks this, and the ORM's SQL compilation cost more than the query.
+    # A fixed statement: every payment asks this (config.rows says why).
     # UNIQUE(source_chain, payment_memo): at most one row.
-    return next(iter(Quote.objects.raw(_QUOTE_BY_MEMO, [chain, memo, memo_type, memo_type])),
-                None)
+    return _quote_rows.first(_QUOTE_BY_MEMO, [chain, memo, memo_type, memo_type])
 
 
 def _user_by_deposit_memo(memo: str) -> uuid.UUID | None:
