@@ -78,6 +78,19 @@ now, a 10-20% change per quote is below what a throughput run can show; the inst
 counts above are the evidence. (PostgreSQL CPU now also
 counts the backends the servers' pools open during a run; before, only those open at its
 start were counted, which could halve the figure.)
+
+Web-serving pass (2026-11-21, later), callgrind as above, 200 requests, two runs each,
+a629ffa before, b52b849 after: quote 7.80 | 7.81 -> 7.63 | 7.65 M instructions (-2.1%),
+trivial insert 3.34 -> 3.18 M (-4.6%). From: the pool's checkout check sends no empty
+query to a connection the server has not spoken on (per checkout, in-process: client CPU
+44-48 -> 20 us, PostgreSQL 6-10 -> 0 us, wall 50-59 -> 21 us; callgrind counts none of the
+kernel or PostgreSQL side) and config.serving's hand-off to its threads by SimpleQueue
+instead of run_in_executor (165,000 -> 62,000 instructions per hop). Not taken: the quote
+insert's per-field get_db_prep_save (config/bulk.py) is ~100 us of ~3 ms client CPU per
+quote (31 + 8 fields at 2-5 us), not the ~10% cProfile's per-call overhead suggested.
+One run after, make-run, 16 clients, 10 s, host shared (load average 1.7 at the start,
+5.7 at the end): 268 quotes/s, p95 110 ms, ratio 0.56, server CPU 4.07 ms per quote
+(insert 2.04), PostgreSQL 1.53 (0.60).
 """
 
 from __future__ import annotations
@@ -397,7 +410,8 @@ def profile(count: int) -> None:
             post(path, body)
         log(f"SQL statements of one {name} (warm caches): {len(queries)}")
         for query in queries:
-            log(f"    {query['sql'][:160]}")
+            # A server-side prepared statement's text is not logged (Django shows None).
+            log(f"    {(query['sql'] or '(server-side prepared statement)')[:160]}")
     for name, path, payloads in (("quotes", "/api/v1/quotes", bodies),
                                  ("trivial insert", "/bench/insert", insert_bodies)):
         profiler = cProfile.Profile(time.process_time)
