@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
@@ -110,10 +111,12 @@ def balance_apply(*, balance: UserBalance, amount_delta: int = 0, locked_delta: 
     """Move the projection with the posting that justifies it (same transaction, row locked).
     F() keeps concurrent writers additive; the CHECKs refuse a negative or over-locked row."""
     updates: dict[str, Any] = {"updated_at": timezone.now()}
+    # Decimal, not int: bound server-side (config.prepared), Django sends a bare int in an
+    # expression as int4, and a yoctoNEAR amount does not fit.
     if amount_delta:
-        updates["amount"] = F("amount") + amount_delta
+        updates["amount"] = F("amount") + Decimal(amount_delta)
     if locked_delta:
-        updates["locked"] = F("locked") + locked_delta
+        updates["locked"] = F("locked") + Decimal(locked_delta)
     UserBalance.objects.filter(pk=balance.pk).update(**updates)
     balance.refresh_from_db(fields=["amount", "locked", "updated_at"])
 

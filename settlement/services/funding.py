@@ -50,6 +50,7 @@ from django.utils import timezone
 from config.bulk import insert_if_new, insert_together
 from config.errors import ServiceError, Unavailable
 from config.events import Published, publish_after_commit_many
+from config.prepared import prepared_statements
 from config.rows import RowReader
 from execution.services.enqueue import execution_enqueue
 from quotes.models import Quote, QuoteStatus
@@ -157,10 +158,13 @@ def payment_submit(*, chain: str, source: PaymentSource, tx_hash: str | None = N
 def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
                    expected_quote: Quote | None = None, user: User | None = None) -> PaymentOutcome:
     """Book one verified payment, exactly once. No I/O: safe inside a caller's transaction
-    (the watcher advances its cursor in the same one)."""
+    (the watcher advances its cursor in the same one).
+
+    Its statements are fixed look-ups by unique keys and inserts, so they run prepared
+    (config.prepared): a third of PostgreSQL's CPU per payment was parsing and planning."""
     if not (verified.successful and verified.final):
         raise PaymentRefused("NOT_FINAL", "Only successful, final payments are booked")
-    with transaction.atomic():
+    with prepared_statements(), transaction.atomic():
         target = _match(verified)
         _check_expected(expected_quote, target.quote.pk if target.quote is not None else None)
         # New rows of the booking (transition, ledger entry, audit) go in as one statement.
