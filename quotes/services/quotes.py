@@ -20,13 +20,11 @@ statement that inserts it with its audit row).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import logging
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -35,12 +33,12 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils import timezone
 from psycopg import sql
 
 from config.bulk import insert_together
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
+from config.prepared import prepared_statements
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
 from quotes.models import MemoType, Quote, QuoteStatus
 from quotes.prices import PricePoint, price_feed
@@ -166,33 +164,6 @@ def _given_refund_address(*, source_chain: str, refund_to: str | None) -> str | 
                                      details={"field": "refund_to", "reason": str(exc)}) from None
 
 
-@contextlib.contextmanager
-def _prepared_statements() -> Iterator[None]:
-    """Run the statements inside as server-side prepared statements.
-
-    For the quote's insert: every quote inserts its row and audit event with the same
-    statement and new values. Sent as text with the values inlined, as Django sends
-    everything, PostgreSQL parses, analyses and plans it again each time (with the
-    other statements, about half of its CPU per quote, perf on the bench). Prepared once
-    per connection, only its execution is left. Only for statements whose plan cannot go
-    stale, like an INSERT of values (see `_reservations_statement` for one that can).
-
-    Django keeps prepared statements off by default for transaction-mode poolers:
-    PgBouncer handles psycopg's protocol-level prepared statements since 1.21
-    (`max_prepared_statements`); older ones must not sit between the web processes and
-    the database. Statements inside still go through Django's cursor wrapper (error
-    mapping, query logging); the connection is this thread's own.
-    """
-    connection.ensure_connection()
-    raw = connection.connection
-    saved = raw.cursor_factory, raw.prepare_threshold
-    raw.cursor_factory, raw.prepare_threshold = ServerBindingCursor, 0
-    try:
-        yield
-    finally:
-        raw.cursor_factory, raw.prepare_threshold = saved
-
-
 @dataclass(frozen=True, slots=True)
 class _Reservations:
     memo_id: int  # the quote's deposit MEMO_ID
@@ -205,7 +176,7 @@ class _Reservations:
 def _reservations_statement(token_count: int) -> str:
     """The statement for a work moving `token_count` tokens.
 
-    Planned afresh every time on purpose (not under `_prepared_statements`): the sum over
+    Planned afresh every time on purpose (not under `config.prepared`): the sum over
     in-flight quotes must use the status index on a table that only grows, and a prepared
     statement's cached plan, made while the table was small, stays a full scan (measured:
     every quote read every quote) until something re-analyses the table."""
@@ -366,7 +337,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
                                    "max_lamports_spend": str(cost.max_lamports_spend),
                                    "token_outflows": quote.token_outflows,
                                    "price_source": sol.source})
-    with _prepared_statements():
+    with prepared_statements():  # the same INSERT every time (config.prepared)
         insert_together(quote, created)
     return quote
 
