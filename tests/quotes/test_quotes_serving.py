@@ -142,7 +142,9 @@ def test_quotes_succeed_after_the_web_processes_pooled_connections_are_terminate
             cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                            "AND backend_type = 'client backend'")
-            assert cursor.rowcount >= 2 * PROCESSES  # each process's pool keeps two or more
+            # Every pooled connection at this moment (how many the pools have opened in
+            # the background varies): whichever serves next is dead.
+            assert cursor.rowcount >= 1
 
         statuses = [request(port, "POST", "/api/v1/quotes", body, auth)[0]
                     for _ in range(4 * PROCESSES)]
