@@ -91,6 +91,12 @@ quote (31 + 8 fields at 2-5 us), not the ~10% cProfile's per-call overhead sugge
 One run after, make-run, 16 clients, 10 s, host shared (load average 1.7 at the start,
 5.7 at the end): 268 quotes/s, p95 110 ms, ratio 0.56, server CPU 4.07 ms per quote
 (insert 2.04), PostgreSQL 1.53 (0.60).
+Back to back at 2c29e3b (after) and a629ffa (before), quieter host, make-run, 16 clients,
+10 s: after 322.5 quotes/s, p50/p95/p99 54/88/108 ms, insert 586/s, ratio 0.55, server
+3.75 ms/quote (insert 2.20), PostgreSQL 1.43 (0.62); before 281.2 quotes/s, 53/99/126 ms,
+insert 488/s, ratio 0.58, server 4.26 (2.58), PostgreSQL 1.60 (0.70). The host's speed
+moved between the two (the untouched insert path ran 20% faster in the after run), so
+the ratios, not the rates, compare.
 """
 
 from __future__ import annotations
