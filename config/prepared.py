@@ -11,11 +11,14 @@ was parse, analyse and plan) and a payment's booking (backend CPU per payment 2.
 Only for statements whose plan cannot go stale: inserts of values, look-ups and updates by
 a unique key. A statement whose best plan depends on its values or on a table's growth
 (a range over a skewed column, a sum over rows of one status) must stay outside: after
-five executions PostgreSQL may keep a generic plan for it (see
+five executions PostgreSQL may keep a generic plan for it. Such a statement inside a
+prepared block runs under `planned_each_time()` (see also
 `quotes.services.quotes._reservations_statement`, which is planned afresh on purpose).
 
 Bound server-side, Django sends a bare Python int inside an expression (`F("amount") + n`)
-as int4: amounts that may exceed it (yoctoNEAR, lamports) go in as Decimal.
+as int4. Too big for it, it either fails (a yoctoNEAR amount: OverflowError) or, seen in a
+test, silently wraps (6,001,015,001 lamports added as 1,706,047,705). Amounts therefore go
+into expressions as Decimal.
 
 Django keeps prepared statements off by default for transaction-mode poolers: PgBouncer
 handles psycopg's protocol-level prepared statements since 1.21
@@ -30,7 +33,7 @@ import contextlib
 from collections.abc import Iterator
 
 from django.db import connection
-from django.db.backends.postgresql.base import ServerBindingCursor
+from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
 
 
 @contextlib.contextmanager
@@ -39,6 +42,19 @@ def prepared_statements() -> Iterator[None]:
     raw = connection.connection
     saved = raw.cursor_factory, raw.prepare_threshold
     raw.cursor_factory, raw.prepare_threshold = ServerBindingCursor, 0
+    try:
+        yield
+    finally:
+        raw.cursor_factory, raw.prepare_threshold = saved
+
+
+@contextlib.contextmanager
+def planned_each_time() -> Iterator[None]:
+    """Django's own way back, inside a prepared block: values inlined, planned every time."""
+    connection.ensure_connection()
+    raw = connection.connection
+    saved = raw.cursor_factory, raw.prepare_threshold
+    raw.cursor_factory, raw.prepare_threshold = Cursor, None
     try:
         yield
     finally:

@@ -13,6 +13,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, Chain, format_amount, whole_to_smallest
+from config.prepared import planned_each_time
 from risk.models import CircuitBreaker, DailySpending, TreasuryOutflow
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def hourly_outflow_lamports() -> int:
     hour_ago = timezone.now() - HOUR
     recent = TreasuryOutflow.objects.filter(Q(at__gte=hour_ago)
                                             & Q(at__gte=since_last_reset(hour_ago)))
-    return int(recent.aggregate(total=Sum("lamports"))["total"] or 0)
+    # A range over a table that only grows: never a cached plan (config.prepared).
+    with planned_each_time():
+        return int(recent.aggregate(total=Sum("lamports"))["total"] or 0)
 
 
 def quote_volume_counts() -> tuple[int, int]:

@@ -169,7 +169,9 @@ def _consume(counter: _Counter, *, amount: int | None = None, count: int = 1) ->
     transactions, or nothing when it does not fit."""
     amount = counter.amount if amount is None else amount
     room = counter.model.objects.filter(**counter.key, amount_spent__lte=counter.limit - amount)
-    change = {"amount_spent": F("amount_spent") + amount,
+    # Decimal, not int: bound server-side (config.prepared), Django sends a bare int in an
+    # expression as int4, and a day's lamports do not fit.
+    change = {"amount_spent": F("amount_spent") + Decimal(amount),
               "transaction_count": F("transaction_count") + count}
     if room.update(**change):
         return True
@@ -249,7 +251,7 @@ def risk_release_execution(*, quote: Quote) -> bool:
             # Floored at zero: an operator who zeroed a counter by hand must not make the
             # failure path crash on the non-negative CHECK.
             counter.model.objects.filter(**counter.key).update(
-                amount_spent=Greatest(F("amount_spent") - counter.amount, Value(Decimal(0)),
+                amount_spent=Greatest(F("amount_spent") - Decimal(counter.amount), Value(Decimal(0)),
                                       output_field=_AMOUNT),
                 transaction_count=Greatest(F("transaction_count") - 1, Value(0)))
         audit_record(event_type="spend_released", actor="system:risk", entity_type="quote",

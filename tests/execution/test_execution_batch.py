@@ -181,6 +181,26 @@ def test_an_execution_that_moves_on_under_someone_else_mid_batch_is_left_to_the_
     assert_books_balanced()
 
 
+def test_amounts_beyond_32_bits_go_through_the_prepared_batch_steps(sandbox):
+    """The batch's steps run prepared, values bound server-side, where Django sends a bare
+    int in an expression as int4: lamports and stroops above 2**31 must still count."""
+    from risk.models import DailySpending, UserDailySpending
+
+    big = [sol_quote(sandbox, 3_000_000_000 + n) for n in range(2)]
+    small, small_recipient = sol_quote(sandbox, 1_000_000)
+
+    assert execute_quote(str(big[0][0].pk))["outcome"] == "confirmed"
+
+    assert [sandbox.balance(r) for _, r in big] == [3_000_000_000, 3_000_000_001]
+    assert sandbox.balance(small_recipient) == 1_000_000
+    quotes = [q for q, _ in big] + [small]
+    assert all(Quote.objects.get(pk=q.pk).status == "executed" for q in quotes)
+    solana_spent = sum(int(q.max_lamports_spend) for q in quotes)
+    assert int(DailySpending.objects.get(chain="solana").amount_spent) == solana_spent
+    assert sum(int(row.amount_spent) for row in UserDailySpending.objects.all()) == solana_spent
+    assert_books_balanced()
+
+
 def test_a_quote_that_does_not_land_in_the_batch_window_is_finished_by_the_driver(sandbox, settings):
     settings.EXECUTION_BATCH_CONFIRM_SECONDS = 0.0
     settings.EXECUTION_RESEND_INTERVAL_SECONDS = 0.1
