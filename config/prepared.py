@@ -31,30 +31,30 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from django.db import connection
 from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
 
 
-@contextlib.contextmanager
-def prepared_statements() -> Iterator[None]:
-    connection.ensure_connection()
-    raw = connection.connection
-    saved = raw.cursor_factory, raw.prepare_threshold
-    raw.cursor_factory, raw.prepare_threshold = ServerBindingCursor, 0
-    try:
-        yield
-    finally:
-        raw.cursor_factory, raw.prepare_threshold = saved
+def prepared_statements() -> contextlib.AbstractContextManager[None]:
+    """Bind server-side and prepare every statement on first use."""
+    return _binding(ServerBindingCursor, prepare_threshold=0)
 
 
-@contextlib.contextmanager
-def planned_each_time() -> Iterator[None]:
+def planned_each_time() -> contextlib.AbstractContextManager[None]:
     """Django's own way back, inside a prepared block: values inlined, planned every time."""
+    return _binding(Cursor, prepare_threshold=None)
+
+
+@contextlib.contextmanager
+def _binding(cursor_factory: type[Any], *, prepare_threshold: int | None) -> Iterator[None]:
+    """Inside, this thread's connection makes its cursors with `cursor_factory` and
+    `prepare_threshold`; after, as it did before (so the two nest)."""
     connection.ensure_connection()
     raw = connection.connection
     saved = raw.cursor_factory, raw.prepare_threshold
-    raw.cursor_factory, raw.prepare_threshold = Cursor, None
+    raw.cursor_factory, raw.prepare_threshold = cursor_factory, prepare_threshold
     try:
         yield
     finally:
