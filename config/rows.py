@@ -20,31 +20,36 @@ M = TypeVar("M", bound=models.Model)
 
 
 class RowReader(Generic[M]):
-    """`reader.select` is `SELECT <every concrete column> FROM <table> t`: append the rest of
-    the statement (naming the table `t`) and pass it to `all` or `first`."""
+    """`reader.select` is `SELECT <every concrete column> FROM <table> <alias>`: append the
+    rest of the statement and pass it to `all` or `first`. A statement joining several
+    tables lists each reader's `columns` and builds each instance from its slice of the row
+    with `instance`."""
 
-    def __init__(self, model: type[M]) -> None:
+    def __init__(self, model: type[M], *, alias: str = "t") -> None:
         fields = model._meta.concrete_fields
         self.model = model
         self.names = [f.attname for f in fields]
         self.converters = [(i, f.from_db_value)  # type: ignore[attr-defined]
                            for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
-        self.select = sql.SQL("SELECT {} FROM {} t").format(
-            sql.SQL(", ").join(sql.Identifier("t", str(f.column)) for f in fields),
-            sql.Identifier(model._meta.db_table)).as_string()
+        self.columns = sql.SQL(", ").join(
+            sql.Identifier(alias, str(f.column)) for f in fields).as_string()
+        self.select = sql.SQL("SELECT {} FROM {} {}").format(
+            sql.SQL(self.columns), sql.Identifier(model._meta.db_table),
+            sql.Identifier(alias)).as_string()
 
     def all(self, statement: str, params: Sequence[Any]) -> list[M]:
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
-            return [self._instance(row) for row in cursor.fetchall()]
+            return [self.instance(row) for row in cursor.fetchall()]
 
     def first(self, statement: str, params: Sequence[Any]) -> M | None:
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
             row = cursor.fetchone()
-        return None if row is None else self._instance(row)
+        return None if row is None else self.instance(row)
 
-    def _instance(self, row: Sequence[Any]) -> M:
+    def instance(self, row: Sequence[Any]) -> M:
+        """The model instance of one row (or slice of a row) in `columns`' order."""
         values = list(row)
         for index, convert in self.converters:
             values[index] = convert(values[index], None, connection)

@@ -9,12 +9,13 @@ import hashlib
 import secrets
 from typing import Any
 
-from django.db import connections
+from django.db import connection
 from django.utils import timezone
 from psycopg import sql
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from config.rows import RowReader
 from users.models import ApiToken, User
 
 
@@ -33,26 +34,22 @@ class _TokenLookup:
     """`ApiToken.objects.select_related("user").filter(key_hash=..., revoked_at__isnull=True,
     user__is_active=True).first()` as one statement composed once per process: every API
     request authenticates, and compiling that queryset each time cost more CPU than a
-    whole trivial insert's view. Rows become model instances the way the ORM makes them
-    (`from_db`, each field's `from_db_value`), the user cached on the token."""
+    whole trivial insert's view. Rows become model instances as the ORM makes them
+    (`config.rows`), the user cached on the token."""
 
     def __init__(self) -> None:
-        token_fields, user_fields = ApiToken._meta.concrete_fields, User._meta.concrete_fields
-        self.token_names = [f.attname for f in token_fields]
-        self.user_names = [f.attname for f in user_fields]
-        self.converters = [(i, f.from_db_value)  # type: ignore[attr-defined]
-                           for i, f in enumerate([*token_fields, *user_fields])
-                           if hasattr(f, "from_db_value")]
+        self.tokens = RowReader(ApiToken, alias="t")
+        self.users = RowReader(User, alias="u")
+
         def column(model: Any, name: str) -> sql.Identifier:
             return sql.Identifier(str(model._meta.get_field(name).column))
 
         self.statement = sql.SQL(
-            "SELECT {columns} FROM {tokens} t JOIN {users} u ON u.{user_pk} = t.{token_user} "
+            "SELECT {token_columns}, {user_columns} FROM {tokens} t "
+            "JOIN {users} u ON u.{user_pk} = t.{token_user} "
             "WHERE t.{key_hash} = %s AND t.{revoked_at} IS NULL AND u.{is_active} LIMIT 1"
         ).format(
-            columns=sql.SQL(", ").join(
-                [sql.Identifier("t", str(f.column)) for f in token_fields]
-                + [sql.Identifier("u", str(f.column)) for f in user_fields]),
+            token_columns=sql.SQL(self.tokens.columns), user_columns=sql.SQL(self.users.columns),
             tokens=sql.Identifier(ApiToken._meta.db_table),
             users=sql.Identifier(User._meta.db_table),
             user_pk=column(User, "id"), token_user=column(ApiToken, "user"),
@@ -61,18 +58,13 @@ class _TokenLookup:
         ).as_string()
 
     def __call__(self, key_hash: str) -> tuple[User, ApiToken] | None:
-        with connections[ApiToken.objects.db].cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(self.statement, [key_hash])
             row = cursor.fetchone()
-            if row is None:
-                return None
-            values = list(row)
-            for index, convert in self.converters:
-                values[index] = convert(values[index], None, cursor.db)
-            alias = cursor.db.alias
-        split = len(self.token_names)
-        token = ApiToken.from_db(alias, self.token_names, values[:split])
-        user = User.from_db(alias, self.user_names, values[split:])
+        if row is None:
+            return None
+        split = len(self.tokens.names)
+        token, user = self.tokens.instance(row[:split]), self.users.instance(row[split:])
         ApiToken._meta.get_field("user").set_cached_value(token, user)  # type: ignore[union-attr]
         return user, token
 
