@@ -11,9 +11,9 @@ simulateTransaction with replaceRecentBlockhash), and reports:
 * token outflow per mint = pre − post of every token account the treasury owns.
 
 Pre-state and simulation are two JSON-RPC calls sent as ONE batch (`_ChainReader`: one
-HTTP round trip on a kept-alive connection, plain JSON: the quote hot path
-cannot afford the general backend's event-loop hop and SDK object mapping, about a third
-of a quote's CPU). The node answers them in order, so a transaction landing between them
+HTTP round trip on a kept-alive connection of the shared `RpcTransport`, read as plain
+JSON: mapping them to SDK objects was a noticeable share of a quote's CPU). The node
+answers them in order, so a transaction landing between them
 is seen as part of this work. Only the treasury spends from its accounts, so such a race can
 only make a quote too high (never too low), and the executor re-simulates against
 `max_lamports_spend` before sending anyway.
@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import base64
 import functools
-import http.client
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from solders.hash import Hash
@@ -41,6 +38,7 @@ from solders.transaction import VersionedTransaction
 from config.errors import Unavailable
 from execution.solana.backend import SolanaBackend, SolanaError, SolanaUnavailable
 from execution.solana.signer import KeypairSigner
+from execution.solana.transport import rpc_transport
 from quotes.errors import InvalidQuoteParameters
 from quotes.solana_tx import (
     QUOTE_MEMO_PLACEHOLDER,
@@ -151,62 +149,22 @@ class _Simulation:
 
 
 class _ChainReader:
-    """getMultipleAccounts + simulateTransaction as one JSON-RPC batch over keep-alive
-    connections shared by the process's threads. Retried once when the node does not answer (both are reads),
-    as `SolanaBackend` retries its reads; raises SolanaUnavailable / SolanaError alike."""
+    """getMultipleAccounts + simulateTransaction as one JSON-RPC batch, posted through the
+    process's `RpcTransport` (kept-alive connections) and read as plain JSON. Asked again
+    once when the node does not answer (both are reads), as `SolanaBackend` asks its reads
+    again; raises SolanaUnavailable / SolanaError alike."""
 
     COMMITMENT = "confirmed"  # SolanaBackend's default commitment
-    MAX_IDLE = 32  # keep-alive connections kept between requests
 
     def __init__(self, url: str, timeout: float) -> None:
         self.url, self.timeout = url, timeout
-        parts = urlsplit(url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._lock = threading.Lock()
-        self._idle: list[http.client.HTTPConnection] = []
-
-    def _connection(self, *, fresh: bool) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle and not fresh:
-                return self._idle.pop()
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self.timeout)
+        self._transport = rpc_transport(url, timeout)
 
     def _post(self, body: bytes) -> Any:
-        for attempt in range(2):
-            # The retry opens a new connection: a kept one the node has closed meanwhile
-            # fails at once, and must not be mistaken for a node that is down.
-            conn = self._connection(fresh=attempt > 0)
-            try:
-                conn.request("POST", self._path, body=body,
-                             headers={"Content-Type": "application/json"})
-                response = conn.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if attempt:
-                    raise SolanaUnavailable(f"RPC node unreachable: {exc!r}") from None
-                continue
-            with self._lock:  # kept alive for the next caller, whichever thread it is
-                kept = len(self._idle) < self.MAX_IDLE
-                if kept:
-                    self._idle.append(conn)
-            if not kept:
-                conn.close()
-            if response.status >= 500 or response.status == 429:
-                if attempt:
-                    raise SolanaUnavailable(f"HTTP {response.status} from RPC node")
-                continue
-            if response.status != 200:
-                raise SolanaError(f"HTTP {response.status} from RPC node")
-            try:
-                return json.loads(payload)
-            except ValueError:
-                raise SolanaError("unexpected RPC answer: not JSON") from None
-        raise AssertionError("unreachable")
+        try:
+            return json.loads(self._transport.post(body, retry=True))
+        except ValueError:
+            raise SolanaError("unexpected RPC answer: not JSON") from None
 
     def accounts_and_simulation(self, tx: VersionedTransaction, watched: list[Pubkey]
                                 ) -> tuple[dict[Pubkey, _AccountState | None], _Simulation]:

@@ -1,21 +1,27 @@
-"""The quote engine's JSON-RPC transport (`quotes.solana._ChainReader`) reads what real
-nodes and proxies send: a Content-Length body, a chunked one, a body ended by closing
-the connection, an interim 100 Continue; a kept connection the node closed while idle is
-replaced without the caller noticing, and a node that keeps failing is SolanaUnavailable."""
+"""The JSON-RPC transport every Solana call goes through (`execution.solana.transport`)
+reads what real nodes and proxies send: a Content-Length body, a chunked one, a body ended
+by closing the connection, an interim 100 Continue. A read the node drops is asked again on
+a new connection without the caller noticing, and a node that keeps failing is
+SolanaUnavailable; a send is never asked twice, and is not lost to a kept connection the
+node closed while it was idle; a forked child never talks on its parent's sockets."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from execution.solana.backend import SolanaError, SolanaUnavailable
-from quotes.solana import _ChainReader
+from execution.solana.errors import SolanaError, SolanaUnavailable
+from execution.solana.transport import RpcTransport
 
-Answer = Callable[[bytes], bytes | None]  # request body → raw bytes to send (None: hang up)
+# request body → raw bytes to send (None: hang up; (bytes, CLOSE): answer, then hang up)
+CLOSE = "close"
+Answer = Callable[[bytes], bytes | tuple[bytes, str] | None]
 
 
 class RawNode:
@@ -26,6 +32,7 @@ class RawNode:
         self.requests: list[tuple[int, bytes]] = []  # (connection number, body)
         self.heads: list[bytes] = []  # request line and headers, as received
         self.connections = 0
+        self.hung_up = 0  # connections this node closed
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/rpc"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -57,10 +64,14 @@ class RawNode:
                 self.requests.append((number, body))
                 answer = self.answers.pop(0)(body) if self.answers else None
                 if answer is None:
-                    return
+                    break
+                if isinstance(answer, tuple):
+                    sock.sendall(answer[0])
+                    break
                 sock.sendall(answer)
                 if b"Connection: close" in answer.split(b"\r\n\r\n")[0] or answer.startswith(b"HTTP/1.0"):
-                    return
+                    break
+        self.hung_up += 1
 
     def close(self) -> None:
         self.server.close()
@@ -109,8 +120,18 @@ def status(code: int) -> Answer:
     return lambda body: b"HTTP/1.1 %d Nope\r\nContent-Length: 4\r\n\r\nnope" % code
 
 
-def reader_for(server: RawNode) -> _ChainReader:
-    return _ChainReader(server.url, timeout=5)
+class Reader:
+    """The transport as a reader uses it: asked again once, the answer as JSON."""
+
+    def __init__(self, transport: RpcTransport) -> None:
+        self.transport = transport
+
+    def _post(self, body: bytes) -> object:
+        return json.loads(self.transport.post(body, retry=True))
+
+
+def reader_for(server: RawNode) -> Reader:
+    return Reader(RpcTransport(server.url, timeout=5))
 
 
 @pytest.mark.parametrize("answer", [with_length, chunked, until_close, continue_then_length])
@@ -158,7 +179,7 @@ def test_a_client_error_status_is_not_retried(node):
     assert len(server.requests) == 1
 
 
-def test_garbage_is_retried_then_unavailable(node):
+def test_garbage_is_asked_again_then_unavailable(node):
     garbage: Answer = lambda body: b"SSH-2.0-OpenSSH\r\n\r\n"  # noqa: E731
     server = node([garbage, garbage])
     with pytest.raises(SolanaUnavailable):
@@ -176,7 +197,7 @@ def test_a_node_that_is_down_is_unavailable():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(SolanaUnavailable):
-        _ChainReader(f"http://127.0.0.1:{port}", timeout=2)._post(b"{}")
+        RpcTransport(f"http://127.0.0.1:{port}", timeout=2).post(b"{}", retry=True)
 
 
 def test_the_request_names_the_host_path_and_length(node):
@@ -193,3 +214,38 @@ def test_the_request_names_the_host_path_and_length(node):
     assert head.startswith(b"POST /rpc HTTP/1.1\r\n")
     assert b"\r\nHost: 127.0.0.1:" in head
     assert b"\r\nContent-Length: %d\r\n" % len(seen[0]) in head
+
+
+def test_a_send_is_never_asked_twice(node):
+    hang_up: Answer = lambda body: None  # noqa: E731 - the request arrived; the answer is lost
+    server = node([hang_up, with_length])
+    with pytest.raises(SolanaUnavailable):
+        RpcTransport(server.url, timeout=5).post(b'{"send":1}', retry=False)
+    assert len(server.requests) == 1
+
+
+def test_a_send_does_not_go_out_on_a_connection_the_node_closed_while_idle(node):
+    answer_then_close: Answer = lambda body: (with_length(body), CLOSE)  # noqa: E731
+    server = node([answer_then_close, with_length])
+    transport = RpcTransport(server.url, timeout=5)
+    transport.post(b'{"n":1}', retry=True)
+    deadline = time.monotonic() + 5
+    while server.hung_up < 1 and time.monotonic() < deadline:  # its keep-alive timeout
+        time.sleep(0.01)
+    time.sleep(0.05)  # the FIN reaches this side
+    assert json.loads(transport.post(b'{"send":2}', retry=False)) == {"echo": {"send": 2}}
+    assert [number for number, _ in server.requests] == [1, 2]
+
+
+def test_a_forked_child_opens_its_own_connection(node):
+    server = node([with_length, with_length, with_length])
+    transport = RpcTransport(server.url, timeout=5)
+    transport.post(b'{"parent":1}', retry=True)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        ok = json.loads(transport.post(b'{"child":1}', retry=False)) == {"echo": {"child": 1}}
+        os._exit(0 if ok else 1)
+    _, exit_status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(exit_status) == 0
+    transport.post(b'{"parent":2}', retry=True)  # the parent's kept connection is intact
+    assert [number for number, _ in server.requests] == [1, 2, 1]
