@@ -177,10 +177,8 @@ class SpendReservation(models.Model):
 
 
 class TreasuryOutflow(models.Model):
-    """Lamports that actually left the treasury, one row per successful execution.
-
-    The hourly outflow trigger sums this table over the last hour (indexed on `at`).
-    """
+    """Lamports that actually left the treasury, one row per successful execution (at
+    most one per quote). Booked together with its minute's `OutflowMinute` total."""
 
     quote = models.OneToOneField("quotes.Quote", on_delete=models.PROTECT, null=True, blank=True,
                                  related_name="+")
@@ -190,4 +188,22 @@ class TreasuryOutflow(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(lamports__gt=0), name="treasury_outflow_gt_0"),
+        ]
+
+
+class OutflowMinute(models.Model):
+    """The treasury's outflow per UTC minute: the sum of that minute's `TreasuryOutflow`
+    rows, kept as they are booked (`risk.services.breaker`).
+
+    The hourly outflow trigger runs after every landed batch. Summing an hour of
+    `TreasuryOutflow` rows there cost ~50 ms of database CPU per check at 200
+    executions/s (720,000 rows); an hour of minutes is at most 61 rows."""
+
+    minute = models.DateTimeField(primary_key=True)
+    lamports = amount_field()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(lamports__gt=0), name="outflow_minute_gt_0"),
+            models.CheckConstraint(condition=Q(minute__second=0), name="outflow_minute_whole"),
         ]

@@ -31,12 +31,13 @@ from django.utils import timezone
 from config.errors import Forbidden, InvalidRequest
 from risk.audit import audit_record
 from risk.errors import CircuitBreakerOpen
-from risk.models import CircuitBreaker, CircuitBreakerEvent, TreasuryOutflow
+from risk.models import CircuitBreaker, CircuitBreakerEvent
 from risk.selectors import (
     VOLUME_BASELINE_HOURS,
     breaker_is_open,
     hourly_outflow_lamports,
     quote_volume_counts,
+    utc_minute,
 )
 from risk.services.alerts import alert_raise, jsonable
 
@@ -252,10 +253,7 @@ def breaker_record_execution_outcome(*, success: bool, outflow_lamports: int = 0
             risk_consume_execution(quote=quote)
         if outflow_lamports <= 0:
             return
-        TreasuryOutflow.objects.bulk_create(
-            [TreasuryOutflow(quote_id=quote.pk if quote is not None else None,
-                             lamports=outflow_lamports)],
-            ignore_conflicts=True)
+        _book_outflows({quote.pk if quote is not None else None: outflow_lamports})
         if treasury_balance_lamports is None:
             from risk.services.limits import treasury_balance_lamports as ledger_balance
 
@@ -280,12 +278,34 @@ def breaker_record_execution_successes(*, outflows: dict[Any, int],
         CircuitBreaker.objects.filter(pk=1, consecutive_failures__gt=0).update(
             consecutive_failures=0, updated_at=timezone.now())
         risk_consume_executions(list(outflows))
-        spent = [TreasuryOutflow(quote_id=quote_id, lamports=lamports)
-                 for quote_id, lamports in outflows.items() if lamports > 0]
+        spent = {quote_id: lamports for quote_id, lamports in outflows.items() if lamports > 0}
         if not spent:
             return
-        TreasuryOutflow.objects.bulk_create(spent, ignore_conflicts=True)
+        _book_outflows(spent)
         breaker_check_hourly_outflow(treasury_balance_lamports=treasury_balance_lamports)
+
+
+# The rows not booked before (a retried success books nothing twice), and their total
+# added to the minute's, in one statement: the minute's row lock is held to commit, so
+# concurrent batches add up rather than overwrite.
+_BOOK_OUTFLOWS = """
+WITH booked AS (
+    INSERT INTO risk_treasuryoutflow (quote_id, lamports, at)
+    SELECT quote_id, lamports, %s FROM unnest(%s::uuid[], %s::numeric[]) AS spent (quote_id, lamports)
+    ON CONFLICT (quote_id) DO NOTHING
+    RETURNING lamports)
+INSERT INTO risk_outflowminute (minute, lamports)
+SELECT %s, sum(lamports) FROM booked HAVING count(*) > 0
+ON CONFLICT (minute) DO UPDATE SET lamports = risk_outflowminute.lamports + EXCLUDED.lamports
+"""
+
+
+def _book_outflows(spent: dict[Any, int]) -> None:
+    """Book `spent` (quote id or None -> lamports, each > 0) as treasury outflow now."""
+    at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_BOOK_OUTFLOWS, [at, list(spent), [Decimal(v) for v in spent.values()],
+                                        utc_minute(at)])
 
 
 def _record_failure() -> None:

@@ -15,7 +15,6 @@ from quotes.models import Quote
 from risk.models import Alert, AuditEvent, CircuitBreaker, CircuitBreakerEvent, TreasuryOutflow
 from risk.selectors import quote_volume_counts
 from risk.services import (
-    breaker_check_hourly_outflow,
     breaker_check_quote_volume,
     breaker_record_execution_outcome,
     breaker_reset,
@@ -88,17 +87,21 @@ def test_hourly_outflow_trips_just_above_20_percent_of_the_treasury(settings, ou
 
 
 @pytest.mark.django_db
-def test_hourly_outflow_adds_up_within_the_hour_and_forgets_older_outflow(settings):
+def test_hourly_outflow_adds_up_within_the_hour_and_forgets_older_outflow(settings, monkeypatch):
     settings.HOURLY_OUTFLOW_THRESHOLD = Decimal("0.20")
-    TreasuryOutflow.objects.create(lamports=150_000_000,
-                                   at=timezone.now() - dt.timedelta(minutes=61))
-    TreasuryOutflow.objects.create(lamports=100_000_000)
-    TreasuryOutflow.objects.create(lamports=100_000_000)
-    breaker_check_hourly_outflow(treasury_balance_lamports=LAMPORTS)
+    now = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: now - dt.timedelta(minutes=62))
+    breaker_record_execution_outcome(success=True, outflow_lamports=150_000_000,
+                                     treasury_balance_lamports=100 * LAMPORTS)
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    for _ in range(2):
+        breaker_record_execution_outcome(success=True, outflow_lamports=100_000_000,
+                                         treasury_balance_lamports=LAMPORTS)
     assert not breaker().is_open
-    TreasuryOutflow.objects.create(lamports=1)
-    breaker_check_hourly_outflow(treasury_balance_lamports=LAMPORTS)
+    breaker_record_execution_outcome(success=True, outflow_lamports=1,
+                                     treasury_balance_lamports=LAMPORTS)
     assert breaker().is_open
+    assert TreasuryOutflow.objects.count() == 4
 
 
 @pytest.mark.django_db
