@@ -10,6 +10,12 @@ resolves an expression per row and column: for the executor's batches it was the
 CPU item of all (a third of a 30-execution batch). PostgreSQL's `UPDATE … FROM (VALUES …)`
 says the same thing with one typed row per record, values adapted by the fields
 themselves (`get_db_prep_save`), as the ORM would.
+
+Both write PostgreSQL's own `$1, $2, ...` and run on `config.prepared.raw_cursor()`: with
+`%s`, psycopg parsed these long statements anew on every execution (it caches only short
+ones), about 1 µs per placeholder. Their values are therefore bound server-side, prepared
+or not: each one lands in a VALUES column of the INSERT's target or under an explicit cast,
+never bare in an expression (see config.prepared on ints).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from django.db import connection, models
 from django.db.models import NOT_PROVIDED
 from django.db.models.fields import AutoFieldMixin
 from psycopg import sql
+
+from config.prepared import raw_cursor
 
 _insert_statements: dict[tuple[tuple[type[models.Model], int], ...],
                          tuple[str, list[list[models.Field[Any, Any]]]]] = {}
@@ -34,14 +42,21 @@ def _inserted_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return fields
 
 
+def _placeholders(first: int, casts: list[str]) -> str:
+    """One VALUES row: `($first::cast, $first+1::cast, ...)`, a cast per value ("" for none)."""
+    return "(" + ", ".join(f"${n}{cast}" for n, cast in enumerate(casts, start=first)) + ")"
+
+
 def _insert_into(model: type[models.Model], fields: list[models.Field[Any, Any]],
-                 rows: int = 1) -> sql.Composed:
-    """`INSERT INTO table (columns) VALUES (placeholders), ...` for `rows` rows of `model`."""
-    row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(fields)))
+                 rows: int = 1, first: int = 1) -> sql.Composed:
+    """`INSERT INTO table (columns) VALUES ($first, ...), ...` for `rows` rows of `model`,
+    its placeholders numbered from `first`."""
+    width = len(fields)
     return sql.SQL("INSERT INTO {} ({}) VALUES {}").format(
         sql.Identifier(model._meta.db_table),
         sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
-        sql.SQL(", ").join([row] * rows))
+        sql.SQL(", ").join(sql.SQL(_placeholders(first + row * width, [""] * width))
+                           for row in range(rows)))
 
 
 _insert_if_new_statements: dict[tuple[type[models.Model], tuple[str, ...]],
@@ -64,7 +79,7 @@ def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
         _insert_if_new_statements[key] = (statement, fields)
     statement, fields = _insert_if_new_statements[key]
     params = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(statement, params)
         inserted = cursor.fetchone() is not None
     if inserted:
@@ -87,11 +102,12 @@ def insert_together(*rows: models.Model) -> None:
         by_model.setdefault(type(row), []).append(row)
     shape = tuple((model, len(group)) for model, group in by_model.items())
     if shape not in _insert_statements:
-        parts, fields_of = [], []
-        for model, count in shape:
+        parts, fields_of, first = [], [], 1
+        for model, count in shape:  # in the order of the params below
             fields = _inserted_fields(model)
-            parts.append(_insert_into(model, fields, rows=count))
+            parts.append(_insert_into(model, fields, rows=count, first=first))
             fields_of.append(fields)
+            first += count * len(fields)
         ctes = [sql.SQL("{} AS ({})").format(sql.Identifier(f"row{n}"), part)
                 for n, part in enumerate(parts[:-1])]
         composed = (sql.SQL("WITH {} {}").format(sql.SQL(", ").join(ctes), parts[-1])
@@ -101,7 +117,7 @@ def insert_together(*rows: models.Model) -> None:
     params = [field.get_db_prep_save(field.pre_save(row, True), connection)
               for group, fields in zip(by_model.values(), fields_of, strict=True)
               for row in group for field in fields]
-    with connection.cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(statement, params)
     for row in rows:
         row._state.adding = False
@@ -120,26 +136,45 @@ def update_rows(model: type[models.Model], rows: dict[Any, dict[str, Any]]) -> i
     return updated
 
 
+_update_statements: dict[tuple[type[models.Model], tuple[str, ...], int],
+                         tuple[str, list[models.Field[Any, Any]]]] = {}
+
+
 def _update_group(model: type[models.Model], names: tuple[str, ...],
                   group: list[tuple[Any, dict[str, Any]]]) -> int:
-    meta = model._meta
-    pk_field = meta.pk
-    assert pk_field is not None
-    fields = [cast(models.Field, meta.get_field(name)) for name in names]  # type: ignore[type-arg]
-    columns: list[str] = [str(pk_field.column), *(str(f.column) for f in fields)]
-    casts = [pk_field.db_type(connection), *(f.db_type(connection) for f in fields)]
-    row_sql = "(" + ", ".join(f"%s::{cast}" for cast in casts) + ")"
+    key = (model, names, len(group))
+    if key not in _update_statements:
+        _update_statements[key] = _update_statement(model, names, len(group))
+    statement, fields = _update_statements[key]
+    pk_field, changed = fields[0], fields[1:]
     params: list[Any] = []
     for pk, values in group:
         params.append(pk_field.get_db_prep_save(pk, connection))
-        params += [f.get_db_prep_save(values[f.name], connection) for f in fields]
+        params += [f.get_db_prep_save(values[f.name], connection) for f in changed]
+    with raw_cursor() as cursor:
+        cursor.execute(statement, params)
+        return int(cursor.rowcount)
+
+
+def _update_statement(model: type[models.Model], names: tuple[str, ...],
+                      rows: int) -> tuple[str, list[models.Field[Any, Any]]]:
+    """`UPDATE … FROM (VALUES …)` of `rows` rows setting the fields `names`, and the fields
+    whose values its params are, row after row: the primary key, then those fields.
+    The VALUES are cast to their columns' types: without a target column to give them
+    one, PostgreSQL would take each for text."""
+    meta = model._meta
+    pk_field = meta.pk
+    assert pk_field is not None
+    fields = [pk_field, *(cast(models.Field, meta.get_field(name))  # type: ignore[type-arg]
+                          for name in names)]
+    columns: list[str] = [str(f.column) for f in fields]
+    casts = [f"::{f.db_type(connection)}" for f in fields]
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     assignments = ", ".join(f"{quote(c)} = v.{quote(c)}" for c in columns[1:])
-    sql = (f"UPDATE {table} SET {assignments} "  # noqa: S608 - names from the model, values bound
-           f"FROM (VALUES {', '.join([row_sql] * len(group))}) "
-           f"AS v({', '.join(quote(c) for c in columns)}) "
-           f"WHERE {table}.{quote(columns[0])} = v.{quote(columns[0])}")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+    values = ", ".join(_placeholders(1 + row * len(fields), casts) for row in range(rows))
+    statement = (f"UPDATE {table} SET {assignments} "  # noqa: S608 - names from the model
+                 f"FROM (VALUES {values}) "
+                 f"AS v({', '.join(quote(c) for c in columns)}) "
+                 f"WHERE {table}.{quote(columns[0])} = v.{quote(columns[0])}")
+    return statement, fields

@@ -25,6 +25,15 @@ handles psycopg's protocol-level prepared statements since 1.21
 (`max_prepared_statements`); older ones must not sit between these processes and the
 database. Statements inside still go through Django's cursor wrapper (error mapping,
 query logging); the connection is this thread's own.
+
+`raw_cursor()` is a Django cursor for statements written with PostgreSQL's own `$1, $2, ...`
+placeholders, sent as written and bound server-side. psycopg otherwise rewrites `%s` into
+`$n` by parsing the statement in Python, about 1 µs per placeholder, and remembers the
+result only for statements up to 4096 bytes and 50 parameters: `config.bulk`'s multi-row
+statements (hundreds of placeholders in the batch executor) were parsed again every time.
+Its statements are prepared inside `prepared_statements()` as any other; outside they are
+bound server-side but not prepared (the connection's prepare_threshold decides, as ever),
+so what is said above of a bare int in an expression holds for them everywhere.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from django.db import connection
-from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
+from django.db.backends.postgresql.base import Cursor, CursorMixin, ServerBindingCursor
+from django.db.backends.utils import CursorWrapper
 
 
 def prepared_statements() -> contextlib.AbstractContextManager[None]:
@@ -47,12 +58,41 @@ def planned_each_time() -> contextlib.AbstractContextManager[None]:
     return _binding(Cursor, prepare_threshold=None)
 
 
+class RawBindingCursor(CursorMixin, psycopg.RawCursor[Any]):
+    """Django's `ServerBindingCursor` taking `$1, $2, ...`: the statement goes as written."""
+
+
+@contextlib.contextmanager
+def raw_cursor() -> Iterator[CursorWrapper]:
+    """A cursor of this thread's connection (through Django's wrapper) for a statement with
+    `$n` placeholders numbered in the order of its parameters. A cursor keeps the class it
+    was made with, so the connection's factory is swapped only while it is made."""
+    raw = _this_threads_connection()
+    saved = raw.cursor_factory
+    raw.cursor_factory = RawBindingCursor
+    try:
+        cursor = connection.cursor()
+    finally:
+        raw.cursor_factory = saved
+    with cursor:
+        yield cursor
+
+
+def _this_threads_connection() -> Any:
+    """This thread's psycopg connection as its next `connection.cursor()` will find it.
+    That call may first replace a connection failing Django's health check
+    (CONN_HEALTH_CHECKS): done here instead, so a factory set afterwards is not set on a
+    connection already closed."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    return connection.connection
+
+
 @contextlib.contextmanager
 def _binding(cursor_factory: type[Any], *, prepare_threshold: int | None) -> Iterator[None]:
     """Inside, this thread's connection makes its cursors with `cursor_factory` and
     `prepare_threshold`; after, as it did before (so the two nest)."""
-    connection.ensure_connection()
-    raw = connection.connection
+    raw = _this_threads_connection()
     saved = raw.cursor_factory, raw.prepare_threshold
     raw.cursor_factory, raw.prepare_threshold = cursor_factory, prepare_threshold
     try:
