@@ -20,6 +20,7 @@ never bare in an expression (see config.prepared on ints).
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 from django.db import connection, models
@@ -136,6 +137,7 @@ def update_rows(model: type[models.Model], rows: dict[Any, dict[str, Any]]) -> i
     return updated
 
 
+_TYPE_MODIFIER = re.compile(r"\(\d+(?:,\s*\d+)?\)")  # varchar(16) -> varchar
 _update_statements: dict[tuple[type[models.Model], tuple[str, ...], int],
                          tuple[str, list[models.Field[Any, Any]]]] = {}
 
@@ -160,15 +162,17 @@ def _update_statement(model: type[models.Model], names: tuple[str, ...],
                       rows: int) -> tuple[str, list[models.Field[Any, Any]]]:
     """`UPDATE … FROM (VALUES …)` of `rows` rows setting the fields `names`, and the fields
     whose values its params are, row after row: the primary key, then those fields.
-    The VALUES are cast to their columns' types: without a target column to give them
-    one, PostgreSQL would take each for text."""
+    The VALUES are cast to their columns' types (without a target column to give them one,
+    PostgreSQL would take each for text), less any length or precision: a cast to
+    varchar(16) cuts a longer value silently, where the assignment to the column refuses
+    it, as the ORM's UPDATE would."""
     meta = model._meta
     pk_field = meta.pk
     assert pk_field is not None
     fields = [pk_field, *(cast(models.Field, meta.get_field(name))  # type: ignore[type-arg]
                           for name in names)]
     columns: list[str] = [str(f.column) for f in fields]
-    casts = [f"::{f.db_type(connection)}" for f in fields]
+    casts = [f"::{_TYPE_MODIFIER.sub('', str(f.db_type(connection)))}" for f in fields]
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     assignments = ", ".join(f"{quote(c)} = v.{quote(c)}" for c in columns[1:])

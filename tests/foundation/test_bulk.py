@@ -14,7 +14,7 @@ import psycopg._queries
 import pytest
 from django.db import connection, transaction
 from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
-from django.db.utils import IntegrityError
+from django.db.utils import DataError, IntegrityError
 from django.test.utils import CaptureQueriesContext
 
 from config.bulk import insert_if_new, insert_together, update_rows
@@ -83,6 +83,15 @@ def test_a_violation_in_any_row_writes_none_of_them():
         insert_together(*rows, bad, bad)
 
     assert not AuditEvent.objects.filter(event_type="bulk_rollback").exists()
+
+
+def test_update_rows_refuses_a_value_too_long_for_its_column_as_the_orm_does():
+    execution = Execution.objects.create(quote=QuoteFactory())
+
+    with pytest.raises(DataError, match="too long"), transaction.atomic():
+        update_rows(Execution, {execution.pk: {"fail_reason": "X" * 33}})  # varchar(32)
+
+    assert Execution.objects.get(pk=execution.pk).fail_reason == ""
 
 
 def test_update_rows_gives_each_row_its_own_values():
