@@ -129,10 +129,9 @@ def execution_run_batch(*, quote_id: Any, actor: str = ACTOR) -> RunResult:
     except _BreakerOpen:
         return RunResult("waiting")
     batch.run()
-    if quote_id in claimed:
-        execution = Execution.objects.get(pk=claimed[quote_id])
-        if execution.status in (E.CONFIRMED, E.FAILED):
-            return RunResult.of(execution)
+    finished = batch.finished.get(claimed.get(quote_id))
+    if finished is not None:
+        return RunResult.of(finished)
     # Not batched (another worker took it meanwhile, or it is paid from a balance), or it
     # left the batch: the single driver decides what is left to do.
     return execution_run(quote_id=quote_id, actor=actor)
@@ -184,6 +183,9 @@ class _Batch:
         self.leftovers: list[Any] = []  # execution ids for the single driver
         self.leased: list[Any] = []
         self.started_ms = 0.0
+        # Executions this batch took to a final state (its own committed writes, so the
+        # caller's answer needs no read back).
+        self.finished: dict[Any, Execution] = {}
 
     # -- 1. start ------------------------------------------------------------------------
 
@@ -216,6 +218,7 @@ class _Batch:
                     continue
                 fail_refused(execution=execution, quote=execution.quote, refusal=refusal,
                              actor=self.actor)
+                self.finished[execution.pk] = execution
             quote_transition_many(
                 quotes=[e.quote for e in started], to_status=QuoteStatus.EXECUTING,
                 actor=self.actor, expected_from={QuoteStatus.COMMITTED},
@@ -424,6 +427,7 @@ class _Batch:
             execution_book_successes(landed=landed, actor=self.actor,
                                      treasury_balance_lamports=balance)
             self._publish([item.execution for item in locked], previous=QuoteStatus.EXECUTING)
+        self.finished.update((item.execution.pk, item.execution) for item in locked)
         self.items = []
 
     # -- plumbing ------------------------------------------------------------------------

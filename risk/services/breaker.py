@@ -274,7 +274,10 @@ def breaker_record_execution_successes(*, outflows: dict[Any, int],
     treasury balance."""
     from risk.services.limits import risk_consume_executions
 
-    with transaction.atomic():
+    # No savepoint: nothing here is caught and carried on from, so a failure undoes the
+    # caller's whole transaction anyway (the batch's record step), and two round trips
+    # per batch are saved.
+    with transaction.atomic(savepoint=False):
         CircuitBreaker.objects.filter(pk=1, consecutive_failures__gt=0).update(
             consecutive_failures=0, updated_at=timezone.now())
         risk_consume_executions(list(outflows))
