@@ -104,6 +104,13 @@ _LOCK_EXECUTIONS = (
     "JOIN quotes_quote q ON q.id = e.quote_id WHERE e.id = ANY(%s) ORDER BY e.id FOR UPDATE")
 
 
+# Every delivery of `execute_quote` starts with this read, and most find their quote run
+# already: a fixed statement (the ORM compiled its join anew each time, ~0.4 ms of CPU).
+_QUOTE_PROGRESS = (
+    "SELECT q.status, e.id, e.status, e.signature, e.fail_reason FROM quotes_quote q "
+    "LEFT JOIN execution_execution e ON e.quote_id = q.id WHERE q.id = %s")
+
+
 class _BreakerOpen(Exception):
     """Raised inside the start transaction to roll it back while the breaker is open."""
 
@@ -142,9 +149,9 @@ def _quote_progress(quote_id: uuid.UUID) -> tuple[str | None, RunResult | None]:
     execution's final result, or "busy" while a live batch or driver holds its lease), one
     read. "busy" is what the single driver would answer too, but only after waiting for
     the quote's row lock, which the owning batch holds through each of its steps."""
-    row = (Quote.objects.filter(pk=quote_id)
-           .values_list("status", "execution__id", "execution__status",
-                        "execution__signature", "execution__fail_reason").first())
+    with connection.cursor() as cursor:
+        cursor.execute(_QUOTE_PROGRESS, [quote_id])
+        row = cursor.fetchone()
     if row is None:
         return None, None
     status, execution_id, execution_status, signature, fail_reason = row
