@@ -106,6 +106,8 @@ DATABASE_URL = env.str("DATABASE_URL", default="")
 if not DATABASE_URL:
     DATABASE_URL = embedded_database_uri(DATA_DIR)
 _db = database_settings_from_uri(DATABASE_URL)
+# Django's PostgreSQL backend with a cheaper health check and pool check (config.db_backend).
+_db["ENGINE"] = "config.db_backend"
 _db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 _db["CONN_HEALTH_CHECKS"] = True
 _db["OPTIONS"] = {"connect_timeout": 5}
@@ -115,7 +117,6 @@ _db["OPTIONS"] = {"connect_timeout": 5}
 # Its checkout check costs a round trip only for a connection the server has since spoken
 # on (config/db_backend/pool_check.py); config.db_backend lets the pool take that check.
 if env.bool("DB_POOL", default=False):
-    _db["ENGINE"] = "config.db_backend"
     _db["CONN_MAX_AGE"] = 0
     _db["OPTIONS"]["pool"] = {"min_size": 2, "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
                               "timeout": 10, "check": check_quiet_connection}

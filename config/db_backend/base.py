@@ -1,10 +1,18 @@
-"""`django.db.backends.postgresql` whose pool takes `OPTIONS["pool"]["check"]`.
+"""`django.db.backends.postgresql` whose pool takes `OPTIONS["pool"]["check"]`, and whose
+health check skips its round trip on a quiet connection.
 
 Django 5.2 builds its psycopg pool with `check=ConnectionPool.check_connection` (when
 CONN_HEALTH_CHECKS) and then `**OPTIONS["pool"]`, so a `check` of one's own fails as a
 duplicate keyword. Django fixed that upstream (ticket #37075: the setting's `check` wins,
-through `setdefault`); this is that fix on 5.2, nothing else. Delete this package and go
-back to `django.db.backends.postgresql` once Django ships it.
+through `setdefault`); `pool` below is that fix on 5.2, nothing else: delete it once
+Django ships it.
+
+Health checks (CONN_HEALTH_CHECKS) of persistent connections: Django runs `SELECT 1`
+before the first statement of every request and of every django-q2 task (the worker
+closes "old connections" before each), one round trip per payment in the executor. A
+connection the server has not spoken on since is as good as that answer
+(`pool_check.connection_is_quiet`, the reasoning in pool_check.py); one it has spoken on
+gets the real `SELECT 1`.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
+
+from config.db_backend.pool_check import connection_is_quiet
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -43,3 +53,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # As Django: threads racing here build several pools; the first one set wins.
             self._connection_pools.setdefault(self.alias, pool)
         return self._connection_pools[self.alias]
+
+    def is_usable(self) -> bool:
+        if self.connection is not None and connection_is_quiet(self.connection):
+            return True
+        return bool(super().is_usable())

@@ -25,13 +25,20 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 
-def check_quiet_connection(conn: psycopg.Connection[Any]) -> None:
-    """Return if `conn` looks usable; raise (the pool then discards it) if it is not."""
+def connection_is_quiet(conn: psycopg.Connection[Any]) -> bool:
+    """Open, and nothing from the server waiting to be read (nor a hang-up)."""
     if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
-        raise psycopg.OperationalError("the pooled connection is closed")
+        return False
     # poll(), not select(): a web process holding many sockets may number this one past
     # select()'s FD_SETSIZE (1024).
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
-    if poller.poll(0):  # something to read, or hung up: let a real query decide
+    return not poller.poll(0)
+
+
+def check_quiet_connection(conn: psycopg.Connection[Any]) -> None:
+    """Return if `conn` looks usable; raise (the pool then discards it) if it is not."""
+    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the pooled connection is closed")
+    if not connection_is_quiet(conn):  # something to read, or hung up: a real query decides
         ConnectionPool.check_connection(conn)

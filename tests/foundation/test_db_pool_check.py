@@ -1,5 +1,7 @@
 """The web processes' connection pool (DB_POOL): its checkout check sends nothing to
-PostgreSQL for a quiet connection, and still replaces one the server has terminated.
+PostgreSQL for a quiet connection, and still replaces one the server has terminated. The
+same holds for the health check of the other processes' persistent connections
+(CONN_HEALTH_CHECKS, run before every django-q2 task).
 
 Each test builds the pool `config.settings` configures with DB_POOL on, on the test
 database, under an alias of its own; `pg_stat_activity.query` (the last statement a backend
@@ -124,3 +126,65 @@ def test_a_terminated_pooled_connection_is_replaced_before_the_request_uses_it(s
         assert cursor.fetchone() == (1,)
         assert settings_pool.connection.info.backend_pid != old_pid
     settings_pool.close()
+
+
+@pytest.fixture
+def persistent() -> Iterator[Any]:
+    """A DatabaseWrapper of config.db_backend as the worker processes have it: persistent,
+    health-checked, no pool."""
+    settings_dict = {**connection.settings_dict, "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}
+    settings_dict.pop("ENGINE", None)
+    wrapper = load_backend("config.db_backend").DatabaseWrapper(
+        settings_dict, alias=f"health_check_{id(settings_dict)}")
+    try:
+        yield wrapper
+    finally:
+        wrapper.close()
+
+
+def next_task(wrapper: Any) -> None:
+    """What django-q2's worker does between two tasks (close_old_connections)."""
+    wrapper.close_if_unusable_or_obsolete()
+
+
+def terminate(pid: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 10
+        while True:  # the backend is gone: its FATAL message and EOF are on the socket
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+            if cursor.fetchone()[0] == 0:
+                return
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_the_settings_use_the_backend_with_the_quiet_health_check():
+    assert settings.DATABASES["default"]["ENGINE"] == "config.db_backend"
+    assert settings.DATABASES["default"]["CONN_HEALTH_CHECKS"] is True
+
+
+def test_a_quiet_persistent_connection_passes_its_health_check_without_a_statement(persistent):
+    with persistent.cursor() as cursor:
+        cursor.execute(MARKER)
+    pid = persistent.connection.info.backend_pid
+    for _ in range(3):
+        next_task(persistent)
+        with persistent.cursor():  # the health check runs here, before any statement
+            pass
+        assert persistent.health_check_done
+    assert persistent.connection.info.backend_pid == pid
+    assert last_statement(pid) == MARKER
+
+
+def test_a_terminated_persistent_connection_is_replaced_before_the_next_task_uses_it(persistent):
+    with persistent.cursor() as cursor:
+        cursor.execute(MARKER)
+    old_pid = persistent.connection.info.backend_pid
+    terminate(old_pid)
+    next_task(persistent)
+    with persistent.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    assert persistent.connection.info.backend_pid != old_pid
