@@ -16,6 +16,8 @@ from typing import Any, Generic, TypeVar
 from django.db import connection, models
 from psycopg import sql
 
+from config.bulk import django_connection
+
 M = TypeVar("M", bound=models.Model)
 
 
@@ -51,6 +53,7 @@ class RowReader(Generic[M]):
     def instance(self, row: Sequence[Any]) -> M:
         """The model instance of one row (or slice of a row) in `columns`' order."""
         values = list(row)
+        db = django_connection()
         for index, convert in self.converters:
-            values[index] = convert(values[index], None, connection)
-        return self.model.from_db(connection.alias, self.names, values)
+            values[index] = convert(values[index], None, db)
+        return self.model.from_db(db.alias, self.names, values)
