@@ -15,6 +15,7 @@ from psycopg import sql
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from config.prepared import prepared_statements
 from config.rows import RowReader
 from users.models import ApiToken, User
 
@@ -58,7 +59,9 @@ class _TokenLookup:
         ).as_string()
 
     def __call__(self, key_hash: str) -> tuple[User, ApiToken] | None:
-        with connection.cursor() as cursor:
+        # Every authenticated request's first statement, a unique-index look-up: prepared
+        # (config.prepared), its parse and plan paid once per connection.
+        with prepared_statements(), connection.cursor() as cursor:
             cursor.execute(self.statement, [key_hash])
             row = cursor.fetchone()
         if row is None:

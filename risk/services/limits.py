@@ -29,6 +29,7 @@ from psycopg import sql
 
 from config.chains import AMOUNT_DIGITS, NATIVE_ASSET, Chain
 from config.errors import InvalidRequest
+from config.prepared import prepared_statements
 from risk.audit import audit_record
 from risk.errors import CircuitBreakerOpen, DailyLimitExceeded, InsufficientTreasury, TransactionLimitExceeded
 from risk.models import CircuitBreaker, DailySpending, SpendReservation, UserDailySpending
@@ -144,9 +145,10 @@ def risk_check_quote(*, user: User, lamports_spend: int, source_chain: str,
     breaker_check_quote_volume()
     limits = risk_limits()
     day = utc_today()
-    with connection.cursor() as cursor:
+    # Unique-index look-ups on every quote: prepared (config.prepared).
+    with prepared_statements(), connection.cursor() as cursor:
         cursor.execute(_quote_state_statement(), [str(Chain.SOLANA), day, source_chain, day,
-                                            user.pk, day])
+                                                  user.pk, day])
         breaker_open, solana_spent, source_spent, user_spent = cursor.fetchone()
     if breaker_open:
         raise CircuitBreakerOpen()
