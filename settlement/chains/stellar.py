@@ -33,10 +33,10 @@ from stellar_sdk import (
     Server,
     StrKey,
     TextMemo,
-    TransactionBuilder,
     TransactionEnvelope,
 )
 from stellar_sdk import exceptions as sdk_exceptions
+from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.client.requests_client import RequestsClient
 from stellar_sdk.operation import Payment
 
@@ -76,8 +76,13 @@ def parse_envelope(
         raise PaymentInvalid(PaymentInvalid.MALFORMED, "envelope XDR too large")
     try:
         raw = base64.b64decode(envelope_xdr, validate=True)
-        env = TransactionBuilder.from_xdr(envelope_xdr, network_passphrase)
-        canonical = base64.b64decode(env.to_xdr())
+        # Read once (TransactionBuilder.from_xdr reads it twice: once to learn the kind).
+        parsed = stellar_xdr.TransactionEnvelope.from_xdr_bytes(raw)
+        kind = (FeeBumpTransactionEnvelope
+                if parsed.type == stellar_xdr.EnvelopeType.ENVELOPE_TYPE_TX_FEE_BUMP
+                else TransactionEnvelope)
+        env = kind.from_xdr_object(parsed, network_passphrase)
+        canonical = env.to_xdr_object().to_xdr_bytes()
     except Exception as exc:  # noqa: BLE001 - the XDR layer raises many unrelated types
         raise PaymentInvalid(PaymentInvalid.MALFORMED, "not a valid TransactionEnvelope XDR") from exc
     if canonical != raw:
@@ -86,10 +91,13 @@ def parse_envelope(
     return env
 
 
-def _signed_by(env: TransactionEnvelope | FeeBumpTransactionEnvelope, account_id: str) -> bool:
+def _signed_by(env: TransactionEnvelope | FeeBumpTransactionEnvelope, account_id: str,
+               digest: bytes | None = None) -> bool:
+    """Whether `env` carries a valid signature by `account_id`. `digest`: env.hash(), when
+    the caller has it already (it re-encodes the whole transaction)."""
     keypair = Keypair.from_public_key(account_id)
     hint = keypair.signature_hint()
-    digest = env.hash()
+    digest = env.hash() if digest is None else digest
     for decorated in env.signatures:
         if decorated.signature_hint != hint:
             continue
@@ -121,8 +129,10 @@ def _read_payment(
     *,
     ledger_time: datetime | None,
     mode: str,
+    inner_hash: bytes | None = None,
 ) -> VerifiedPayment:
     """The payment a (parsed, already authenticated) envelope makes to the treasury.
+    `inner_hash`: the (inner) transaction's hash, when the caller has it already.
 
     One operation, a native Payment to the treasury: anything else (a second op, a path
     payment, an account merge) is refused rather than guessed at.
@@ -164,7 +174,7 @@ def _read_payment(
         raw["fee_source"] = env.transaction.fee_source.account_id
     return VerifiedPayment(
         chain="stellar",
-        tx_hash=inner.hash_hex(),
+        tx_hash=(inner.hash() if inner_hash is None else inner_hash).hex(),
         from_address=payer,
         to_address=treasury_address,
         asset="XLM",
@@ -206,14 +216,17 @@ class StellarSandboxVerifier:
 
     def verify_envelope(self, envelope_xdr: str) -> VerifiedPayment:
         env = parse_envelope(envelope_xdr, self.network_passphrase)
-        self._check_signatures(env, envelope_xdr)
         inner = (
             env.transaction.inner_transaction_envelope if isinstance(env, FeeBumpTransactionEnvelope) else env
         )
+        inner_hash = inner.hash()  # what its signers signed, and the transaction's id
+        self._check_signatures(env, envelope_xdr, inner_hash=inner_hash)
         self._check_time_bounds(inner)
-        return _read_payment(env, self.treasury_address, ledger_time=None, mode="sandbox")
+        return _read_payment(env, self.treasury_address, ledger_time=None, mode="sandbox",
+                             inner_hash=inner_hash)
 
-    def _missing_signers(self, env: TransactionEnvelope | FeeBumpTransactionEnvelope) -> list[str]:
+    def _missing_signers(self, env: TransactionEnvelope | FeeBumpTransactionEnvelope,
+                         inner_hash: bytes | None = None) -> list[str]:
         missing: list[str] = []
         if isinstance(env, FeeBumpTransactionEnvelope):
             fee_source = env.transaction.fee_source.account_id
@@ -223,15 +236,17 @@ class StellarSandboxVerifier:
         tx = env.transaction
         required = [tx.source.account_id]
         required += [op.source.account_id for op in tx.operations if op.source is not None]
+        digest = env.hash() if inner_hash is None else inner_hash
         for account_id in dict.fromkeys(required):
-            if not _signed_by(env, account_id):
+            if not _signed_by(env, account_id, digest):
                 missing.append(account_id)
         return missing
 
     def _check_signatures(
-        self, env: TransactionEnvelope | FeeBumpTransactionEnvelope, envelope_xdr: str
+        self, env: TransactionEnvelope | FeeBumpTransactionEnvelope, envelope_xdr: str,
+        *, inner_hash: bytes | None = None,
     ) -> None:
-        missing = self._missing_signers(env)
+        missing = self._missing_signers(env, inner_hash)
         if not missing:
             return
         # The hash commits to the passphrase: if the same bytes verify under another known
