@@ -104,3 +104,29 @@ def test_a_task_queued_by_rolled_back_work_never_exists():
     with transaction.atomic():
         enqueue_with_transaction(TASK, 2)
     assert [SignedPackage.loads(q.payload)["args"] for q in OrmQ.objects.all()] == [(2,)]
+
+
+def test_tasks_queued_from_one_process_share_one_broker(monkeypatch):
+    import os
+
+    import django_q.brokers
+
+    import config.tasks
+
+    made = []
+
+    def counting_get_broker(list_key=None):
+        made.append(os.getpid())
+        return get_broker(list_key)
+
+    monkeypatch.setattr(django_q.brokers, "get_broker", counting_get_broker)
+    monkeypatch.setattr(config.tasks, "_broker", None)
+    with transaction.atomic():
+        for n in range(3):
+            enqueue_with_transaction(TASK, n)
+    assert made == [os.getpid()]  # django-q2 alone would have built one per task
+    assert arguments(list(OrmQ.objects.order_by("id").values_list("id", "payload"))) == [0, 1, 2]
+
+    monkeypatch.setattr(config.tasks, "_broker", (-1, config.tasks._broker[1]))  # as if forked
+    enqueue_with_transaction(TASK, 3)
+    assert made == [os.getpid()] * 2
