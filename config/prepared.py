@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.postgresql.base import Cursor, CursorMixin, ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 
@@ -83,9 +83,11 @@ def _this_threads_connection() -> Any:
     That call may first replace a connection failing Django's health check
     (CONN_HEALTH_CHECKS): done here instead, so a factory set afterwards is not set on a
     connection already closed."""
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    return connection.connection
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: it looks the thread's one up per read
+    if db.connection is None or not getattr(db, "health_check_done", False):
+        db.close_if_health_check_failed()
+        db.ensure_connection()
+    return db.connection
 
 
 @contextlib.contextmanager
