@@ -127,6 +127,12 @@ class Quote(models.Model):
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["status", "expires_at"]),
             models.Index(fields=["-created_at"]),
+            # The executor's queue: committed quotes, oldest first. Walked in order with a
+            # LIMIT, so a claim reads a few entries, and the entries of quotes that moved
+            # on are marked dead by the first scan that meets them (a bitmap scan of the
+            # status index visited every quote committed since the last vacuum, each claim).
+            models.Index(fields=["committed_at"], name="quote_committed_queue",
+                         condition=Q(status="committed", pay_from_balance=False)),
         ]
 
     def __str__(self) -> str:

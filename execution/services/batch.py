@@ -42,7 +42,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Value, When
 from django.utils import timezone
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
@@ -202,11 +201,13 @@ class _Batch:
         began = time.monotonic()
         with prepared_statements(), transaction.atomic():
             with planned_each_time():  # committed quotes are few in a table that grows
-                quotes = list(
-                    Quote.objects.select_for_update(skip_locked=True)
-                    .filter(status=QuoteStatus.COMMITTED, pay_from_balance=False)
-                    .order_by(Case(When(pk=self.own_quote_id, then=Value(0)), default=Value(1)),
-                              "committed_at")[: self.size])
+                waiting = Quote.objects.select_for_update(skip_locked=True).filter(
+                    status=QuoteStatus.COMMITTED, pay_from_balance=False)
+                # Ours first, then the longest waiting, in the order of the queue's index
+                # (one sort of both would read every committed quote's index entry).
+                quotes = list(waiting.filter(pk=self.own_quote_id))
+                quotes += waiting.exclude(pk=self.own_quote_id).order_by("committed_at")[
+                    : self.size - len(quotes)]
             if not quotes:
                 return {}
             executions = Execution.objects.bulk_create([Execution(quote=q) for q in quotes])
