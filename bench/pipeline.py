@@ -87,10 +87,33 @@ per table):
     1315 ms; CPU per payment executor 7.6, submitters 5.1, PostgreSQL 5.2, sandbox 0.8 ms:
     18.7 ms in all, so 2 cores top out near 105/s.
 
-Not met: 200/s sustained with p95 < 250 ms end to end. Payment acceptance (verify + book,
-~4.3 ms CPU + ~2 ms PostgreSQL) and the executor (small batches at moderate rates cost
-10-15 ms CPU per payment; a full batch ~3) share two cores with the sandbox and the
-database: p95 stays under 250 ms to about 60/s and throughput tops out near 100/s open loop.
+Session 5 (Solana calls through one kept-alive http.client transport instead of
+AsyncClient's httpx loop: 0.50 -> 0.07 ms client CPU per call; the breaker's hourly
+outflow from per-minute totals; bulk statements with $n placeholders; one fixed read per
+delivery; health checks without a round trip on quiet connections; one broker per process;
+workers replaced after 20,000 tasks instead of 500; the batch claim on a partial index;
+prepared token and risk-state look-ups; one XDR read and one hash per Stellar envelope):
+    batch executor in-process (client CPU per execution, sandbox in-process too):
+      batches of 5: 5.42-5.48 -> 3.44-3.66 ms; batches of 20: 2.43-2.69 -> 1.66-1.85 ms
+      a delivery whose quote another batch ran: 0.33-0.40 -> 0.07-0.11 ms
+    open loop, 200/s offered, 2 workers, 3000-8000 payments, every run 0 double executions
+    and every check true (old = the code as the session found it, run beside):
+      new, host fast    199.0-201.9/s  p50 100-107  p95 170-213 ms  (3 runs, 8000 in one)
+      new, before the worker-recycling change   203.2/s  p95 264-269 ms (2 runs)
+      new, host slow    193.2-198.8/s  p50 231-278  p95 394-1000 ms (2 runs)
+      old, beside them  146.8-200.3/s  p50 0.27-7.2 s p95 0.6-11.4 s (6 runs)
+      CPU per payment, new: executor 2.9-3.3, PostgreSQL 2.9-3.2, submitters 2.5-3.3,
+      sandbox 0.4 ms (old: executor 3.6-4.2)
+    The hourly outflow check, measured on a scratch table holding an hour at 200/s
+    (720,000 rows): 38-41 ms per check summing rows, 0.3-0.8 ms from minute totals.
+    The bare HTTP send baseline goes through the production client, so it got faster too
+    (8 threads: 1,400-1,800 -> 2,000-2,500 tx/s): across versions it no longer reads as
+    the host's speed; the submitters' CPU per payment (unchanged code) does.
+
+Met on this host in its fast phases, not in its slow ones: 200/s sustained with p95 <
+250 ms end to end, payment acceptance (verify + book, ~2.5-3.3 ms CPU) and execution
+sharing two cores with the sandbox and the database at ~95% of their capacity, where
+latency follows the host's speed.
 """
 
 from __future__ import annotations

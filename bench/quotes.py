@@ -97,6 +97,20 @@ Back to back at 2c29e3b (after) and a629ffa (before), quieter host, make-run, 16
 insert 488/s, ratio 0.58, server 4.26 (2.58), PostgreSQL 1.60 (0.70). The host's speed
 moved between the two (the untouched insert path ran 20% faster in the after run), so
 the ratios, not the rates, compare.
+
+Session 5 (fields adapt values with the thread's connection, not the django.db.connection
+proxy: ~40 look-ups per quote; the token look-up and the risk-state read prepared;
+config.prepared's connection found without the proxy). Callgrind, 100 requests in-process
+(`--profile`'s path, counted between two callgrind_control toggles): quote 7.46 -> 7.11 M
+instructions (-4.7%); trivial insert 3.09 -> 3.15 M (+2%: the prepared token look-up
+costs the client a little more and PostgreSQL less). Back-to-back runs, make-run, 16
+clients, 10 s, old = the code as the session found it (346b2c6):
+    new  408-587 quotes/s  p95 49-68 ms  ratio 0.47-0.61  PostgreSQL 0.72-0.87 ms/quote (6 runs)
+    old  402-535 quotes/s  p95 50-71 ms  ratio 0.47-0.57  PostgreSQL 0.85-1.08 ms/quote (5 runs)
+The host's speed moved by ~1.5x within minutes (the untouched trivial insert: 728-1,074/s),
+so the ranges overlap; the instruction counts and PostgreSQL's CPU are the firm figures.
+Met in the host's fast phases (534-587 quotes/s, p95 ~50 ms, ratio 0.50-0.61), not in its
+slow ones (408-445 quotes/s).
 """
 
 from __future__ import annotations
