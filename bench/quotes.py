@@ -105,8 +105,9 @@ config.prepared's connection found without the proxy). Callgrind, 100 requests i
 instructions (-4.7%); trivial insert 3.09 -> 3.15 M (+2%: the prepared token look-up
 costs the client a little more and PostgreSQL less). Back-to-back runs, make-run, 16
 clients, 10 s, old = the code as the session found it (346b2c6):
-    new  408-587 quotes/s  p95 49-68 ms  ratio 0.47-0.61  PostgreSQL 0.72-0.87 ms/quote (6 runs)
-    old  402-535 quotes/s  p95 50-71 ms  ratio 0.47-0.57  PostgreSQL 0.85-1.08 ms/quote (5 runs)
+    new  408-587 quotes/s  p95 49-68 ms  ratio 0.47-0.61  PostgreSQL 0.72-1.04 ms/quote (6 runs;
+         0.72-0.73 in the two after the prepared look-ups)
+    old  402-535 quotes/s  p95 50-71 ms  ratio 0.47-0.57  PostgreSQL 0.85-1.08 ms/quote (6 runs)
 The host's speed moved by ~1.5x within minutes (the untouched trivial insert: 728-1,074/s),
 so the ranges overlap; the instruction counts and PostgreSQL's CPU are the firm figures.
 Met in the host's fast phases (534-587 quotes/s, p95 ~50 ms, ratio 0.50-0.61), not in its
