@@ -75,6 +75,19 @@ def last_statement(pid: int) -> str:
     return str(row[0])
 
 
+def terminate(pid: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 10
+        while True:  # the backend is gone: its FATAL message and EOF are on the socket
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+            if cursor.fetchone()[0] == 0:
+                return
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def run_marker(wrapper: Any) -> int:
     with wrapper.cursor() as cursor:
         cursor.execute(MARKER)
@@ -110,16 +123,7 @@ def test_djangos_own_check_sends_a_statement_per_checkout(django_default_pool):
 
 def test_a_terminated_pooled_connection_is_replaced_before_the_request_uses_it(settings_pool):
     old_pid = run_marker(settings_pool)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", [old_pid])
-        deadline = time.monotonic() + 10
-        while True:  # the backend is gone: its FATAL message and EOF are on the socket
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [old_pid])
-            if cursor.fetchone()[0] == 0:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    terminate(old_pid)
 
     with settings_pool.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -145,19 +149,6 @@ def persistent() -> Iterator[Any]:
 def next_task(wrapper: Any) -> None:
     """What django-q2's worker does between two tasks (close_old_connections)."""
     wrapper.close_if_unusable_or_obsolete()
-
-
-def terminate(pid: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        deadline = time.monotonic() + 10
-        while True:  # the backend is gone: its FATAL message and EOF are on the socket
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
-            if cursor.fetchone()[0] == 0:
-                return
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
 
 
 def test_the_settings_use_the_backend_with_the_quiet_health_check():
