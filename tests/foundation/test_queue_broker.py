@@ -81,9 +81,17 @@ def test_claim_and_acknowledge_survive_a_connection_the_database_killed():
     assert [task_id for task_id, _ in broker.dequeue()] == ids
 
     def kill_our_connection() -> None:
+        """As an administrator or a restart does; returns once the backend has exited, so
+        its goodbye is on our socket (the health check of a quiet connection, which sends
+        nothing, can only see it from then on: config/db_backend)."""
         pid = connection.connection.info.backend_pid
-        with connections.create_connection("default").cursor() as other:
-            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+                assert cursor.fetchone() == (True,)
+        finally:
+            other.close()
 
     kill_our_connection()
     broker.acknowledge(ids[0])  # on a dead connection: once more on a new one
