@@ -139,7 +139,9 @@ def test_quotes_succeed_after_the_web_processes_pooled_connections_are_terminate
             status, quote = request(port, "POST", "/api/v1/quotes", body, auth)
             assert status == 201, quote
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            # Waiting (up to 5 s) for each backend to exit: the check of a quiet connection
+            # sends nothing, so it sees the cut once the server's goodbye is on the socket.
+            cursor.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                            "AND backend_type = 'client backend'")
             # Every pooled connection at this moment (how many the pools have opened in
