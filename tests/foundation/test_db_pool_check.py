@@ -30,17 +30,23 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MARKER = "SELECT 'pool check marker'"
 
 
+def backend_wrapper(**settings: Any) -> Any:
+    """A DatabaseWrapper of config.db_backend on the test database, under an alias of its
+    own, with health checks on and `settings` over the test database's."""
+    settings_dict = {**connection.settings_dict, "CONN_HEALTH_CHECKS": True, **settings}
+    settings_dict.pop("ENGINE", None)
+    return load_backend("config.db_backend").DatabaseWrapper(
+        settings_dict, alias=f"backend_{id(settings_dict)}")
+
+
 def pooled_wrapper(check: Any | None) -> Iterator[Any]:
-    """A DatabaseWrapper of config.db_backend with a one-connection pool (`check`: as the
-    settings set it; None: left to Django, i.e. psycopg's check_connection)."""
+    """With a one-connection pool (`check`: as the settings set it; None: left to Django,
+    i.e. psycopg's check_connection)."""
     pool: dict[str, Any] = {"min_size": 1, "max_size": 1, "timeout": 10}
     if check is not None:
         pool["check"] = check
-    settings_dict = {**connection.settings_dict, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": True,
-                     "OPTIONS": {**connection.settings_dict["OPTIONS"], "pool": pool}}
-    settings_dict.pop("ENGINE", None)
-    wrapper = load_backend("config.db_backend").DatabaseWrapper(
-        settings_dict, alias=f"pool_check_{id(settings_dict)}")
+    wrapper = backend_wrapper(CONN_MAX_AGE=0,
+                              OPTIONS={**connection.settings_dict["OPTIONS"], "pool": pool})
     try:
         yield wrapper
     finally:
@@ -134,12 +140,8 @@ def test_a_terminated_pooled_connection_is_replaced_before_the_request_uses_it(s
 
 @pytest.fixture
 def persistent() -> Iterator[Any]:
-    """A DatabaseWrapper of config.db_backend as the worker processes have it: persistent,
-    health-checked, no pool."""
-    settings_dict = {**connection.settings_dict, "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True}
-    settings_dict.pop("ENGINE", None)
-    wrapper = load_backend("config.db_backend").DatabaseWrapper(
-        settings_dict, alias=f"health_check_{id(settings_dict)}")
+    """As the worker processes have it: persistent, health-checked, no pool."""
+    wrapper = backend_wrapper(CONN_MAX_AGE=60)
     try:
         yield wrapper
     finally:
