@@ -23,20 +23,12 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections, models
+from django.db import connection, models
 from django.db.models import NOT_PROVIDED
 from django.db.models.fields import AutoFieldMixin
 from psycopg import sql
 
-from config.prepared import raw_cursor
-
-
-def django_connection() -> Any:
-    """This thread's Django connection itself. Fields adapt each value with the connection
-    they are given, and the `django.db.connection` proxy looks the thread's one up again on
-    every attribute read: ~40 look-ups per quote inserted through it."""
-    return connections[DEFAULT_DB_ALIAS]
-
+from config.prepared import django_connection, raw_cursor
 
 _insert_statements: dict[tuple[tuple[type[models.Model], int], ...],
                          tuple[str, list[list[models.Field[Any, Any]]]]] = {}

@@ -78,12 +78,19 @@ def raw_cursor() -> Iterator[CursorWrapper]:
         yield cursor
 
 
+def django_connection() -> Any:
+    """This thread's Django connection itself. Fields adapt each value with the connection
+    they are given, and the `django.db.connection` proxy looks the thread's one up again on
+    every attribute read: ~40 look-ups per quote inserted through it."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
 def _this_threads_connection() -> Any:
     """This thread's psycopg connection as its next `connection.cursor()` will find it.
     That call may first replace a connection failing Django's health check
     (CONN_HEALTH_CHECKS): done here instead, so a factory set afterwards is not set on a
     connection already closed."""
-    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: it looks the thread's one up per read
+    db = django_connection()
     if db.connection is None or not getattr(db, "health_check_done", False):
         db.close_if_health_check_failed()
         db.ensure_connection()

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from django.db import connection, models
 from psycopg import sql
 
-from config.bulk import django_connection
+from config.prepared import django_connection
 
 M = TypeVar("M", bound=models.Model)
 
