@@ -38,7 +38,7 @@ def connection_is_quiet(conn: psycopg.Connection[Any]) -> bool:
 
 def check_quiet_connection(conn: psycopg.Connection[Any]) -> None:
     """Return if `conn` looks usable; raise (the pool then discards it) if it is not."""
-    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
-        raise psycopg.OperationalError("the pooled connection is closed")
-    if not connection_is_quiet(conn):  # something to read, or hung up: a real query decides
+    if not connection_is_quiet(conn):
+        # Closed, something to read, or hung up: a real query decides (and raises on a
+        # closed or broken connection).
         ConnectionPool.check_connection(conn)
