@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quotes.pricing import (
+    ceil_div,
     conversion_band_width,
     convert_ceil,
     priority_fee_lamports,
@@ -79,6 +80,35 @@ def test_convert_is_the_smallest_integer_not_below_the_exact_value(amount, price
     assert exact <= result < exact + 1
 
 
+def test_ceil_div_rounds_every_remainder_up_and_nothing_else():
+    assert ceil_div(0, 7) == 0
+    assert ceil_div(14, 7) == 2
+    assert ceil_div(15, 7) == 3
+    assert ceil_div(1, 10**24) == 1
+    assert ceil_div(10**24 + 1, 10**24) == 2
+    assert ceil_div(-15, 7) == -2  # toward +infinity, never away from zero
+    with pytest.raises(ValueError):
+        ceil_div(1, 0)
+    with pytest.raises(ValueError):
+        ceil_div(1, -7)
+
+
+@given(numerator=st.integers(min_value=-10**30, max_value=10**30),
+       denominator=st.integers(min_value=1, max_value=10**30))
+def test_ceil_div_is_the_exact_ceiling(numerator, denominator):
+    assert ceil_div(numerator, denominator) == math.ceil(Fraction(numerator, denominator))
+
+
+@given(amount=st.integers(min_value=0, max_value=10**30),
+       rate=st.integers(min_value=0, max_value=10**8), expo=st.integers(min_value=-12, max_value=0))
+def test_rate_is_the_exact_ceiling_for_decimal_string_and_fraction_rates(amount, rate, expo):
+    decimal_rate = Decimal(rate).scaleb(expo)
+    exact = math.ceil(amount * Fraction(decimal_rate))
+    assert rate_ceil(amount, decimal_rate) == exact
+    assert rate_ceil(amount, str(decimal_rate)) == exact
+    assert rate_ceil(amount, Fraction(decimal_rate)) == exact
+
+
 def test_service_fee_and_buffer_round_up():
     assert rate_ceil(1, Decimal("0.001")) == 1
     assert rate_ceil(1_000, Decimal("0.001")) == 1
@@ -114,6 +144,22 @@ def test_ttl_tiers_follow_the_seed(width, ttl):
 
 def test_ttl_never_exceeds_the_configured_base():
     assert ttl_for_band(Fraction(6, 100), 60) == 60
+
+
+@given(prices=st.lists(st.tuples(st.integers(min_value=1, max_value=10**14),
+                                  st.integers(min_value=0, max_value=10**14),
+                                  st.integers(min_value=-12, max_value=2)),
+                        min_size=2, max_size=2))
+def test_band_width_is_exactly_the_seeds_formula(prices):
+    (pa, ca, ea), (pb, cb, eb) = prices
+    a, a_conf, b, b_conf = pyth(pa, ea), pyth(ca, ea), pyth(pb, eb), pyth(cb, eb)
+    width = conversion_band_width(a, a_conf, b, b_conf)
+    fa, fca, fb, fcb = Fraction(a), Fraction(a_conf), Fraction(b), Fraction(b_conf)
+    if fa - fca <= 0 or fb - fcb <= 0:
+        assert width == 10**9  # a band reaching zero: wider than every tier
+        return
+    low, high = (fa - fca) / (fb + fcb), (fa + fca) / (fb - fcb)
+    assert width == (high - low) / low
 
 
 def test_band_width_is_the_seeds_output_bound_width():
