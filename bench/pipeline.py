@@ -13,7 +13,7 @@ What runs (all on this machine, nothing mocked):
 * real signed Stellar payment envelopes (stellar-sdk), submitted open-loop at `--rate`
   per second by `--submitters` processes through `settlement.services.funding.payment_submit`
   (sandbox verification of the signed envelope, commit of the quote, the ledger entry, and
-  the `execute_quote` task enqueued after commit);
+  the executor's wake-up queued with the commit when none is pending);
 * `manage.py qcluster` (django-q2, ORM broker, `--workers` worker processes) running the
   executor: risk reservation, build + sign, attempt stored, simulation guard, send,
   signature status, getTransaction, ledger/settlement/risk bookkeeping.

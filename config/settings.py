@@ -262,6 +262,9 @@ EXECUTION_MAX_ATTEMPTS = env.int("EXECUTION_MAX_ATTEMPTS", default=3)
 EXECUTION_BATCH_SIZE = env.int("EXECUTION_BATCH_SIZE", default=32)
 EXECUTION_BATCH_CONFIRM_SECONDS = env.float("EXECUTION_BATCH_CONFIRM_SECONDS", default=2.0)
 EXECUTION_RECOVERY_GRACE_SECONDS = env.float("EXECUTION_RECOVERY_GRACE_SECONDS", default=5.0)
+# A committed quote queues a wake-up only when none is pending, or when the pending one has
+# waited this long (its task lost with a killed worker): execution/services/wakeup.py.
+EXECUTION_WAKEUP_STALE_SECONDS = env.float("EXECUTION_WAKEUP_STALE_SECONDS", default=5.0)
 SOLANA_ALLOWED_PROGRAMS = env.list(
     "SOLANA_ALLOWED_PROGRAMS",
     default=[

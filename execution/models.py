@@ -124,3 +124,16 @@ class ExecutionTransition(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
+
+
+class ExecutionWakeup(models.Model):
+    """Whether a wake-up task (`execute_waiting`) is queued that has not yet started looking
+    for committed quotes. While one is, a newly committed quote needs no task of its own:
+    that wake-up's batch will find it (execution/services/wakeup.py). One row."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    pending = models.BooleanField(default=False)
+    requested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="execution_wakeup_one_row")]

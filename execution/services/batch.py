@@ -66,6 +66,7 @@ from execution.services.faults import crash_point
 from execution.services.guard import outflow_guard_check_many
 from execution.services.outcomes import Landed, execution_book_successes
 from execution.services.transitions import execution_records_created, execution_transition_many
+from execution.services.wakeup import execution_wake, wakeup_taken
 from execution.solana.backend import SignatureState, SolanaError, TransactionDetails
 from execution.solana.signer import SignerError
 from quotes.models import Quote, QuoteStatus
@@ -129,6 +130,31 @@ def execution_run_batch(*, quote_id: Any, actor: str = ACTOR) -> RunResult:
         # Running in someone's batch (the single driver answers "busy"), left behind by a
         # crash, or paid from a balance: the single driver decides what is left to do.
         return execution_run(quote_id=quote_id, actor=actor)
+    return _run_batch_for(quote_id, actor=actor)
+
+
+def execution_run_waiting(*, quote_id: Any = None, actor: str = ACTOR) -> RunResult:
+    """The wake-up (`execute_waiting` task, execution/services/wakeup.py): take the
+    wake-up, then execute the committed quotes waiting, `quote_id`'s first. Reports on
+    `quote_id` (the quote that asked for the wake-up) when given, else on the batch."""
+    wakeup_taken()
+    own = _as_uuid(quote_id) if quote_id else None
+    if own is not None:
+        status, done = _quote_progress(own)
+        if done is None and status == QuoteStatus.COMMITTED:
+            return _run_batch_for(own, actor=actor)
+    # The asking quote is done or under way (another batch took it along): the others
+    # that counted on this wake-up still wait for it.
+    batch = _Batch(actor=actor, own_quote_id=None)
+    try:
+        claimed = batch.start()
+    except _BreakerOpen:
+        return RunResult("waiting")
+    batch.run()
+    return RunResult("batch" if claimed else "noop")
+
+
+def _run_batch_for(quote_id: uuid.UUID, *, actor: str) -> RunResult:
     batch = _Batch(actor=actor, own_quote_id=quote_id)
     try:
         claimed = batch.start()
@@ -180,7 +206,7 @@ def _as_uuid(value: Any) -> uuid.UUID | None:
 
 
 class _Batch:
-    def __init__(self, *, actor: str, own_quote_id: uuid.UUID) -> None:
+    def __init__(self, *, actor: str, own_quote_id: uuid.UUID | None) -> None:
         self.actor = actor
         self.own_quote_id = own_quote_id
         self.size = int(settings.EXECUTION_BATCH_SIZE)
@@ -205,11 +231,17 @@ class _Batch:
                     status=QuoteStatus.COMMITTED, pay_from_balance=False)
                 # Ours first, then the longest waiting, in the order of the queue's index
                 # (one sort of both would read every committed quote's index entry).
-                quotes = list(waiting.filter(pk=self.own_quote_id))
-                quotes += waiting.exclude(pk=self.own_quote_id).order_by("committed_at")[
-                    : self.size - len(quotes)]
+                quotes, others = [], waiting
+                if self.own_quote_id is not None:
+                    quotes = list(waiting.filter(pk=self.own_quote_id))
+                    others = waiting.exclude(pk=self.own_quote_id)
+                quotes += others.order_by("committed_at")[: self.size - len(quotes)]
             if not quotes:
                 return {}
+            if len(quotes) == self.size:
+                # More may be waiting than one batch takes: another worker can start on
+                # them now (their own wake-ups may have been folded into the one this is).
+                execution_wake()
             executions = Execution.objects.bulk_create([Execution(quote=q) for q in quotes])
             for execution, quote in zip(executions, quotes, strict=True):
                 execution.quote = quote
@@ -501,8 +533,10 @@ class _Batch:
         if not self.leftovers:
             return
         # The caller drives its own quote itself, right after.
-        quote_ids = Execution.objects.filter(pk__in=self.leftovers).exclude(
-            status__in=[E.CONFIRMED, E.FAILED]).exclude(quote_id=self.own_quote_id).values_list(
-            "quote_id", flat=True)
+        unfinished = Execution.objects.filter(pk__in=self.leftovers).exclude(
+            status__in=[E.CONFIRMED, E.FAILED])
+        if self.own_quote_id is not None:
+            unfinished = unfinished.exclude(quote_id=self.own_quote_id)
+        quote_ids = unfinished.values_list("quote_id", flat=True)
         execution_enqueue(quote_ids)
         self.leftovers = []

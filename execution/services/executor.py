@@ -98,7 +98,7 @@ _LANDED_STATUSES = {"confirmed", "finalized"}
 class RunResult:
     """What one call did. `outcome`: confirmed | failed | waiting (circuit breaker open) |
     noop (nothing to execute) | busy (another worker drives it) | unresolved (left for the
-    recovery job)."""
+    recovery job) | batch (a wake-up executed other quotes' batch)."""
 
     outcome: str
     execution_id: str | None = None

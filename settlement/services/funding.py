@@ -21,7 +21,8 @@ bookkeeping in ONE transaction:
    for an operator.
 4. Post the balanced ledger entry `payment:<chain>:<tx_hash>` (treasury debited with what
    arrived; customer funds, refunds payable, a user balance or unmatched deposits credited),
-   write the refund record, audit, and only after commit enqueue execution and publish.
+   write the refund record, audit, publish, and ask for the executor's wake-up (queued
+   with the commit, and only when none is pending: execution/services/wakeup.py).
    The committed quote's money is locked in `customer_funds:<chain>:<asset>` (a liability):
    execution later earns it (→ revenue) or, on failure, owes it back (→ refunds_payable).
 
@@ -52,7 +53,7 @@ from config.errors import ServiceError, Unavailable
 from config.events import Published, publish_after_commit_many
 from config.prepared import prepared_statements
 from config.rows import RowReader
-from execution.services.enqueue import execution_enqueue
+from execution.services.wakeup import execution_wake
 from quotes.models import Quote, QuoteStatus
 from quotes.services.transitions import quote_status_event, quote_transition
 from risk.audit import audit_event, audit_record
@@ -196,6 +197,10 @@ def payment_record(*, verified: VerifiedPayment, source: PaymentSource,
                                                   at=quote.committed_at), quote.user_id, quote.pk))
             events.append((payment_event(outcome), payment.user_id, payment.quote_id))
             publish_after_commit_many(events)
+        if outcome.committed and outcome.quote is not None:
+            # Last before the commit: a wake-up this sets keeps its flag row locked to the
+            # end of the transaction, and concurrent payments' requests wait for that.
+            execution_wake(outcome.quote.pk)
         return outcome
 
 
@@ -381,8 +386,6 @@ def _apply_to_quote(quote: Quote, verified: VerifiedPayment, source: str,
         refund = refund_create(reason=reason, payment=payment, quote=quote, amount=refund_amount,
                                destination=refund_destination(quote=quote, payment=payment),
                                actor=actor)
-    if committed:
-        execution_enqueue([quote.pk])
     return PaymentOutcome(payment=payment, quote=quote, refund=refund, created=True,
                           committed=committed)
 

@@ -22,6 +22,7 @@ NEAR_PAYMENT_ACCOUNT = "solpay-treasury.test.near"
 NEAR = 10**24
 IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 EXECUTE_TASK = "execution.tasks.execute_quote"
+WAKE_TASK = "execution.tasks.execute_waiting"
 
 _sequence = itertools.count(10_000)
 _nonce = itertools.count(1_000)
@@ -88,10 +89,11 @@ def post_webhook(client, chain: str, body: bytes, *, signature: str | None = "si
 
 
 def execution_tasks(quote_id: Any = None) -> list[Any]:
-    """execute_quote tasks waiting in the django-q2 ORM broker (optionally for one quote)."""
+    """Executor tasks waiting in the django-q2 ORM broker, `execute_quote` and the
+    wake-up `execute_waiting` (optionally those asked for by one quote)."""
     from django_q.models import OrmQ
 
-    tasks = [q for q in OrmQ.objects.all() if q.func() == EXECUTE_TASK]
+    tasks = [q for q in OrmQ.objects.all() if q.func() in (EXECUTE_TASK, WAKE_TASK)]
     if quote_id is not None:
         tasks = [q for q in tasks if q.args() == (str(quote_id),)]
     return tasks
