@@ -88,9 +88,11 @@ class ExecutionAttempt(models.Model):
         LANDED = "landed"  # the chain has it (success or program error)
         EXPIRED = "expired"  # provably dead: block height passed last_valid_block_height
 
-    execution = models.ForeignKey(Execution, on_delete=models.PROTECT, related_name="attempts")
+    # Indexed by attempt_unique_number (execution, number).
+    execution = models.ForeignKey(Execution, on_delete=models.PROTECT, related_name="attempts",
+                                  db_index=False)
     number = models.PositiveIntegerField()
-    signature = models.CharField(max_length=128, unique=True)
+    signature = models.CharField(max_length=128)  # unique (Meta)
     signed_transaction = models.BinaryField()
     blockhash = models.CharField(max_length=64)
     last_valid_block_height = models.PositiveBigIntegerField()
@@ -106,6 +108,8 @@ class ExecutionAttempt(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["execution", "number"],
                                     name="attempt_unique_number"),
+            # A constraint, not `unique=True`, which also builds an unused LIKE index.
+            models.UniqueConstraint(fields=["signature"], name="attempt_unique_signature"),
             # At most one attempt per execution may be live at a time: a new one is signed
             # only after the previous one is provably expired.
             models.UniqueConstraint(fields=["execution"], condition=Q(state="signed"),

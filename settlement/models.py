@@ -45,7 +45,7 @@ class JournalEntry(models.Model):
     """One balanced movement of value. `reference` makes each business event post once."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    reference = models.CharField(max_length=160, unique=True)
+    reference = models.CharField(max_length=160)  # unique (Meta)
     kind = models.CharField(max_length=48)
     description = models.TextField(blank=True, default="")
     quote = models.ForeignKey(Quote, on_delete=models.PROTECT, null=True, blank=True,
@@ -57,12 +57,18 @@ class JournalEntry(models.Model):
 
     class Meta:
         verbose_name_plural = "journal entries"
+        # A constraint, not `unique=True`, which also builds a LIKE (varchar_pattern_ops)
+        # index that nothing uses and every posting entry would write.
+        constraints = [models.UniqueConstraint(fields=["reference"],
+                                               name="journal_entry_unique_reference")]
         indexes = [models.Index(fields=["-created_at"]), models.Index(fields=["kind"])]
 
 
 class Posting(models.Model):
     entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
+    # Indexed by (account, entry) below.
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings",
+                                db_index=False)
     asset = models.CharField(max_length=64)
     amount = models.DecimalField(max_digits=78, decimal_places=0)
 
@@ -141,8 +147,8 @@ class FundingPayment(models.Model):
                 name="funding_payment_matched_has_quote",
             ),
         ]
-        indexes = [models.Index(fields=["status", "-received_at"]),
-                   models.Index(fields=["quote"])]
+        # The quote's foreign key has its own index (a second one on quote was removed).
+        indexes = [models.Index(fields=["status", "-received_at"])]
 
 
 class RefundStatus(models.TextChoices):
