@@ -29,10 +29,16 @@ from solders.signature import Signature
 UNSIGNED_FIELDS = ("signature", "status", "execution")
 
 
+# json.dumps with these options builds a new encoder on every call; this one is reused.
+# check_circular only guards against a payload containing itself, which ours cannot.
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                      check_circular=False)
+
+
 def canonical_json(payload: dict[str, Any]) -> bytes:
     """The exact bytes that are signed (see the module docstring)."""
     signed = {k: v for k, v in payload.items() if k not in UNSIGNED_FIELDS}
-    return json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL_ENCODER.encode(signed).encode()
 
 
 @functools.lru_cache(maxsize=4)
