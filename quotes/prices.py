@@ -29,6 +29,7 @@ import httpx2
 from django.conf import settings
 
 from quotes.errors import PriceUnavailable
+from quotes.quote_settings import quote_settings
 
 # Pyth price feed ids (CHAINS.md; USDC/USD from Pyth's feed list).
 PYTH_FEED_IDS: dict[str, str] = {
@@ -70,8 +71,8 @@ class PriceFeed(ABC):
         wanted = list(dict.fromkeys(symbols))
         points = self.latest(wanted)
         now = now or dt.datetime.now(dt.UTC)
-        max_age = dt.timedelta(seconds=settings.PRICE_MAX_AGE_SECONDS)
-        max_ratio = Decimal(str(settings.PRICE_MAX_CONFIDENCE_RATIO))
+        limits = quote_settings()
+        max_age, max_ratio = limits.price_max_age, limits.price_max_confidence_ratio
         for symbol in wanted:
             point = points.get(symbol)
             if point is None:
@@ -81,7 +82,7 @@ class PriceFeed(ABC):
                 raise PriceUnavailable(
                     f"The {point.pair} price is stale",
                     details={"pair": point.pair, "age_seconds": int(age.total_seconds()),
-                             "max_age_seconds": settings.PRICE_MAX_AGE_SECONDS},
+                             "max_age_seconds": limits.price_max_age_seconds},
                 )
             if point.price <= 0 or point.confidence_ratio > max_ratio:
                 raise PriceUnavailable(
@@ -191,12 +192,7 @@ _feed: tuple[tuple[Any, ...], PriceFeed] | None = None
 def price_feed() -> PriceFeed:
     """The process's feed for the current settings (rebuilt only when they change)."""
     global _feed
-    source = settings.PRICE_SOURCE
-    if source == "pyth":
-        key: tuple[Any, ...] = ("pyth", settings.PYTH_HERMES_URL, settings.PYTH_API_KEY,
-                                settings.PRICE_CACHE_SECONDS)
-    else:
-        key = ("fixed", tuple(sorted(settings.SANDBOX_PRICES_USD.items())))
+    key = quote_settings().price_feed_key
     current = _feed
     if current is not None and current[0] == key:
         return current[1]
@@ -205,7 +201,7 @@ def price_feed() -> PriceFeed:
             if _feed is not None and isinstance(_feed[1], PythHermesFeed):
                 _feed[1].close()
             feed: PriceFeed
-            if source == "pyth":
+            if key[0] == "pyth":
                 feed = PythHermesFeed(settings.PYTH_HERMES_URL, api_key=settings.PYTH_API_KEY,
                                       cache_seconds=settings.PRICE_CACHE_SECONDS,
                                       timeout=settings.CHAIN_HTTP_TIMEOUT_SECONDS)

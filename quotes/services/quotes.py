@@ -43,6 +43,7 @@ from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
 from quotes.models import MemoType, Quote, QuoteStatus
 from quotes.prices import PricePoint, price_feed
 from quotes.pricing import conversion_band_width, convert_ceil, rate_ceil, ttl_for_band
+from quotes.quote_settings import QuoteSettings, quote_settings
 from quotes.services.prices import price_observations_record
 from quotes.services.transitions import quote_transition
 from quotes.signing import sign_quote
@@ -231,7 +232,7 @@ def _check_inventory(cost: WorkCost, reservations: _Reservations) -> None:
 
 
 def _snapshot(prices: dict[str, PricePoint], *, source_symbol: str, width: Fraction,
-              ttl: int) -> dict[str, Any]:
+              ttl: int, knobs: QuoteSettings) -> dict[str, Any]:
     sol, source = prices["SOL"], prices[source_symbol]
     rate = (sol.price / source.price).normalize()
     return {
@@ -241,8 +242,8 @@ def _snapshot(prices: dict[str, PricePoint], *, source_symbol: str, width: Fract
         "publish_time": _iso(min(p.publish_time for p in prices.values())),
         "confidence": f"{Decimal(width.numerator) / Decimal(width.denominator):.6f}",
         "ttl_seconds": ttl,
-        "service_fee_rate": str(settings.SERVICE_FEE_RATE),
-        "buffer_rate": str(settings.QUOTE_SAFETY_BUFFER_RATE),
+        "service_fee_rate": str(knobs.service_fee_rate),
+        "buffer_rate": str(knobs.safety_buffer_rate),
         "prices_usd": {
             symbol: {"price": str(p.price), "confidence": str(p.confidence),
                      "publish_time": _iso(p.publish_time), "source": p.source}
@@ -283,7 +284,8 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
     price_observations_record(list(prices.values()))
 
     sol, source = prices["SOL"], prices[source_symbol]
-    buffer = settings.QUOTE_SAFETY_BUFFER_RATE
+    knobs = quote_settings()
+    buffer = knobs.safety_buffer_rate
     work_source = convert_ceil(cost.treasury_outflow_lamports, SOL_DECIMALS, sol.price,
                                source_decimals, source.price)
     width = conversion_band_width(sol.price, sol.confidence, source.price, source.confidence)
@@ -297,7 +299,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
     gas_source = convert_ceil(cost.fee_lamports, SOL_DECIMALS, sol.price, source_decimals,
                               source.price)
     gas_estimate = gas_source + rate_ceil(gas_source, buffer)
-    service_fee = rate_ceil(source_amount + gas_estimate, settings.SERVICE_FEE_RATE)
+    service_fee = rate_ceil(source_amount + gas_estimate, knobs.service_fee_rate)
     total_cost = source_amount + gas_estimate + service_fee
 
     risk_check_quote(user=user, lamports_spend=cost.max_lamports_spend,
@@ -312,7 +314,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
         )
     _check_inventory(cost, reservations)
 
-    ttl = ttl_for_band(width, settings.QUOTE_TTL_SECONDS)
+    ttl = ttl_for_band(width, knobs.ttl_seconds)
     now = timezone.now()
     quote = Quote(
         id=uuid.uuid4(), user=user, status=QuoteStatus.PENDING, source_chain=source_chain,
@@ -324,10 +326,11 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
         token_outflows={mint: str(amount) for mint, amount in cost.token_outflows.items()},
         max_lamports_spend=Decimal(cost.max_lamports_spend), instructions=work.normalized(),
         estimated_compute_units=cu_limit, priority_fee_micro_lamports=cu_price,
-        price_snapshot=_snapshot(prices, source_symbol=source_symbol, width=width, ttl=ttl),
+        price_snapshot=_snapshot(prices, source_symbol=source_symbol, width=width, ttl=ttl,
+                                 knobs=knobs),
         nonce=secrets.token_hex(16), created_at=now, expires_at=now + dt.timedelta(seconds=ttl),
-        payment_address=(settings.STELLAR_TREASURY_ADDRESS if source_chain == "stellar"
-                         else settings.NEAR_PAYMENT_ACCOUNT),
+        payment_address=(knobs.stellar_payment_address if source_chain == "stellar"
+                         else knobs.near_payment_account),
         payment_memo_type=MemoType.ID, refund_to=refund_address,
         # A MEMO_ID from the sequence (>= 10^15): unique per quote, fits a uint64, and
         # never collides with a user's balance-deposit memo (< 10^15).
