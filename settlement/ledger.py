@@ -30,6 +30,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Model, Sum
 
+from config.bulk import insert_together
 from config.chains import Chain
 from config.rows import RowReader
 from settlement.models import JournalEntry, LedgerAccount, Posting
@@ -154,7 +155,9 @@ def ledger_post(*, reference: str, kind: str, legs: list[Leg], description: str 
 
 
 def ledger_post_many(entries: list[EntrySpec]) -> None:
-    """Post several new entries in three statements (accounts, entries, postings).
+    """Post several new entries in two statements (the accounts, then the entries with
+    their postings as one insert: `config.bulk.insert_together`, which costs the client a
+    fraction of the ORM's two `bulk_create`s).
 
     For callers that know every reference is new (the executor's batch, whose quotes moved
     state in the same transaction): a duplicate reference raises IntegrityError and rolls
@@ -166,9 +169,11 @@ def ledger_post_many(entries: list[EntrySpec]) -> None:
     for spec in entries:
         _check_balanced(spec.reference, spec.legs)
     accounts = _accounts((leg.account, leg.asset) for spec in entries for leg in spec.legs)
-    unsaved = [_unsaved(spec, accounts) for spec in entries]
-    JournalEntry.objects.bulk_create([entry for entry, _ in unsaved])
-    Posting.objects.bulk_create([posting for _, postings in unsaved for posting in postings])
+    rows: list[Model] = []
+    for spec in entries:
+        entry, postings = _unsaved(spec, accounts)
+        rows += [entry, *postings]
+    insert_together(*rows)
 
 
 def ledger_entry_rows(spec: EntrySpec) -> list[Model]:

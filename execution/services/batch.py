@@ -46,6 +46,7 @@ from django.utils import timezone
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
+from config.bulk import insert_together
 from config.errors import ServiceError
 from config.events import publish_after_commit_many
 from config.prepared import planned_each_time, prepared_statements
@@ -242,9 +243,8 @@ class _Batch:
                 # More may be waiting than one batch takes: another worker can start on
                 # them now (their own wake-ups may have been folded into the one this is).
                 execution_wake()
-            executions = Execution.objects.bulk_create([Execution(quote=q) for q in quotes])
-            for execution, quote in zip(executions, quotes, strict=True):
-                execution.quote = quote
+            executions = [Execution(quote=q) for q in quotes]  # keys made here: no RETURNING
+            insert_together(*executions)
             execution_records_created(executions=executions, actor=self.actor)
             try:
                 refused = risk_reserve_executions(quotes)
