@@ -397,3 +397,57 @@ class TestHorizonPolling:
             assert [(h.paging_token, h.tx_hash) for h in hints] == [
                 (str(int(third["paging_token"]) + 1), third["hash"])
             ]
+
+
+class TestTransactionHash:
+    """The verifier takes a plain envelope's hash from its own bytes: it must be the SDK's
+    hash of the transaction for every shape (what the signers signed, and its id)."""
+
+    @pytest.mark.parametrize("shape", [
+        {"memo_id": 7},
+        {"memo_hash": "ab" * 32},
+        {"memo_text": "hello"},
+        {"timeout": None},
+        {"signers": []},
+        {"op_source": "extra signer"},
+        {"fee_bump_source": "sponsor"},
+    ])
+    def test_the_hash_is_the_sdks(self, payer, treasury, shape):
+        from settlement.chains.stellar import _read_envelope, _transaction_hash
+
+        kwargs = {k: (Keypair.random() if isinstance(v, str) and k in ("op_source", "fee_bump_source")
+                      else v) for k, v in shape.items()}
+        xdr = make_stellar_payment(payer, treasury.public_key, 10, **kwargs)
+        for passphrase in (TESTNET, Network.PUBLIC_NETWORK_PASSPHRASE):  # it commits to it
+            env, raw = _read_envelope(xdr, passphrase)
+            inner = getattr(env.transaction, "inner_transaction_envelope", env)
+            assert _transaction_hash(env, raw, passphrase) == inner.hash()
+
+    def test_a_v0_envelope_hashes_as_the_sdk_does(self, payer, treasury):
+        from stellar_sdk import xdr as stellar_xdr
+
+        from settlement.chains.stellar import _read_envelope, _transaction_hash
+
+        v1 = TransactionBuilder.from_xdr(make_stellar_payment(payer, treasury.public_key, 10), TESTNET)
+        v0 = TransactionBuilder.from_xdr(v1.to_xdr(), TESTNET)
+        v0.transaction.v1 = False
+        v0.signatures = []
+        v0.sign(payer)
+        xdr = v0.to_xdr()
+        v0_type = stellar_xdr.EnvelopeType.ENVELOPE_TYPE_TX_V0
+        assert stellar_xdr.TransactionEnvelope.from_xdr(xdr).type == v0_type
+        env, raw = _read_envelope(xdr, TESTNET)
+        assert _transaction_hash(env, raw, TESTNET) == env.hash() == v1.hash()
+
+    def test_signatures_of_any_length_are_skipped_exactly(self, payer, treasury):
+        """A hash-x signer's "signature" is its preimage, of any length up to 64: XDR pads it
+        to 4 bytes, and the slice must skip the padding too."""
+        from stellar_sdk import DecoratedSignature
+
+        from settlement.chains.stellar import _read_envelope, _transaction_hash
+
+        envelope = TransactionBuilder.from_xdr(make_stellar_payment(payer, treasury.public_key, 10),
+                                               TESTNET)
+        envelope.signatures.append(DecoratedSignature(b"\x01\x02\x03\x04", b"12345"))
+        env, raw = _read_envelope(envelope.to_xdr(), TESTNET)
+        assert _transaction_hash(env, raw, TESTNET) == env.hash()
