@@ -146,28 +146,38 @@ def execution_run_waiting(*, quote_id: Any = None, actor: str = ACTOR) -> RunRes
             return _run_batch_for(own, actor=actor)
     # The asking quote is done or under way (another batch took it along): the others
     # that counted on this wake-up still wait for it.
-    batch = _Batch(actor=actor, own_quote_id=None)
-    try:
-        claimed = batch.start()
-    except _BreakerOpen:
+    ran = _claim_and_run(own_quote_id=None, actor=actor)
+    if ran is None:
         return RunResult("waiting")
-    batch.run()
+    claimed, _ = ran
     return RunResult("batch" if claimed else "noop")
 
 
 def _run_batch_for(quote_id: uuid.UUID, *, actor: str) -> RunResult:
-    batch = _Batch(actor=actor, own_quote_id=quote_id)
-    try:
-        claimed = batch.start()
-    except _BreakerOpen:
+    ran = _claim_and_run(own_quote_id=quote_id, actor=actor)
+    if ran is None:
         return RunResult("waiting")
-    batch.run()
-    finished = batch.finished.get(claimed.get(quote_id))
-    if finished is not None:
-        return RunResult.of(finished)
+    claimed, finished = ran
+    execution = finished.get(claimed.get(quote_id))
+    if execution is not None:
+        return RunResult.of(execution)
     # Not batched (another worker took it meanwhile, or it is paid from a balance), or it
     # left the batch: the single driver decides what is left to do.
     return execution_run(quote_id=quote_id, actor=actor)
+
+
+def _claim_and_run(*, own_quote_id: uuid.UUID | None,
+                   actor: str) -> tuple[dict[Any, Any], dict[Any, Execution]] | None:
+    """One batch, claimed (`own_quote_id` first), started and run: ({quote id: execution
+    id} it started, {execution id: execution} it finished), or None while the circuit
+    breaker holds the quotes."""
+    batch = _Batch(actor=actor, own_quote_id=own_quote_id)
+    try:
+        claimed = batch.start()
+    except _BreakerOpen:
+        return None
+    batch.run()
+    return claimed, batch.finished
 
 
 def _quote_progress(quote_id: uuid.UUID) -> tuple[str | None, RunResult | None]:
