@@ -112,6 +112,18 @@ The host's speed moved by ~1.5x within minutes (the untouched trivial insert: 72
 so the ranges overlap; the instruction counts and PostgreSQL's CPU are the firm figures.
 Met in the host's fast phases (534-587 quotes/s, p95 ~50 ms, ratio 0.50-0.61), not in its
 slow ones (408-445 quotes/s).
+
+Session 6 (pricing in exact integers with one tested ceil_div instead of ~37 Fractions; the
+node request joined from fixed JSON fragments; timestamps formatted once per instant and
+the canonical JSON encoder built once; quote settings read once per process; config.bulk
+binding values already of their column's type directly; two indexes fewer on quotes).
+Callgrind, 100 requests in-process, alternating runs, 0fa6e52 (before) vs c2be211: quote
+7.17 | 7.15 -> 6.24 | 6.27 M instructions (-12.7%); trivial insert 3.15 -> 3.16 M. The host
+was slower all session (the untouched trivial insert: 483-729/s, against 728-1,074/s the
+session before), and back-to-back runs, make-run, 16 clients, 10 s, were within its noise:
+    new  292-355 quotes/s  p95 78-100 ms  ratio 0.43-0.61  server 3.0-4.2 ms/quote (4 runs)
+    old  268-360 quotes/s  p95 71-96 ms   ratio 0.49-0.63  server 3.0-4.7 ms/quote (4 runs)
+Not met on this host today: even the trivial insert stayed under 750/s.
 """
 
 from __future__ import annotations
