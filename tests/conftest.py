@@ -118,6 +118,21 @@ class SolanaSandbox:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, whose teardown first ends the sessions this process
+    still holds on it: the PostgreSQL channel layer keeps pool connections of its own
+    (outside Django's), and DROP DATABASE refuses while any is open, leaving the test
+    database behind with a warning."""
+    yield
+    with django_db_blocker.unblock():
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+@pytest.fixture(scope="session")
 def solana_sandbox():
     """Session-wide LiteSVM sandbox on a free port; settings point at it for the session.
 
