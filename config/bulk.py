@@ -122,8 +122,17 @@ def _value_of(field: models.Field[Any, Any]) -> Callable[[models.Model], Any]:
     return lambda row: field.pre_save(row, True)
 
 
+# Per inserted column, how its value is read from a row and prepared: worked out once per
+# statement shape, not per row.
+_Column = tuple[Callable[[models.Model], Any], _Prepare]
+
+
+def _columns(fields: list[models.Field[Any, Any]]) -> list[_Column]:
+    return [(_value_of(f), _preparer(f)) for f in fields]
+
+
 _insert_statements: dict[tuple[tuple[type[models.Model], int], ...],
-                         tuple[str, list[list[tuple[Callable[[models.Model], Any], _Prepare]]]]] = {}
+                         tuple[str, list[list[_Column]]]] = {}
 
 
 def _inserted_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
@@ -153,7 +162,7 @@ def _insert_into(model: type[models.Model], fields: list[models.Field[Any, Any]]
 
 
 _insert_if_new_statements: dict[tuple[type[models.Model], tuple[str, ...]],
-                                tuple[str, list[models.Field[Any, Any]]]] = {}
+                                tuple[str, list[_Column]]] = {}
 
 
 def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
@@ -169,10 +178,10 @@ def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
         statement = sql.SQL("{} ON CONFLICT ({}) DO NOTHING RETURNING 1").format(
             _insert_into(model, fields),
             sql.SQL(", ").join(sql.Identifier(str(c)) for c in conflict)).as_string()
-        _insert_if_new_statements[key] = (statement, fields)
-    statement, fields = _insert_if_new_statements[key]
+        _insert_if_new_statements[key] = (statement, _columns(fields))
+    statement, columns = _insert_if_new_statements[key]
     db = django_connection()
-    params = [_preparer(f)(_value_of(f)(row), db) for f in fields]
+    params = [prepare(value_of(row), db) for value_of, prepare in columns]
     with raw_cursor() as cursor:
         cursor.execute(statement, params)
         inserted = cursor.fetchone() is not None
@@ -206,8 +215,8 @@ def insert_together(*rows: models.Model) -> None:
                 for n, part in enumerate(parts[:-1])]
         composed = (sql.SQL("WITH {} {}").format(sql.SQL(", ").join(ctes), parts[-1])
                     if ctes else parts[-1])
-        _insert_statements[shape] = (composed.as_string(), [
-            [(_value_of(f), _preparer(f)) for f in fields] for fields in fields_of])
+        _insert_statements[shape] = (composed.as_string(),
+                                     [_columns(fields) for fields in fields_of])
     statement, columns_of = _insert_statements[shape]
     db = django_connection()
     params = [prepare(value_of(row), db)
