@@ -103,6 +103,13 @@ def _read_envelope(
 _ENVELOPE_TYPE_TX = stellar_xdr.EnvelopeType.ENVELOPE_TYPE_TX.to_xdr_bytes()
 
 
+def _inner(env: TransactionEnvelope | FeeBumpTransactionEnvelope) -> TransactionEnvelope:
+    """The transaction a fee bump wraps, or the envelope itself."""
+    if isinstance(env, FeeBumpTransactionEnvelope):
+        return env.transaction.inner_transaction_envelope
+    return env
+
+
 @functools.lru_cache(maxsize=8)
 def _network_id(network_passphrase: str) -> bytes:
     return bytes(Network(network_passphrase).network_id())
@@ -122,8 +129,7 @@ def _transaction_hash(env: TransactionEnvelope | FeeBumpTransactionEnvelope, raw
         tail = 4 + sum(8 + (len(d.signature) + 3) // 4 * 4 for d in env.signatures)
         body = raw[4:len(raw) - tail]
         return hashlib.sha256(_network_id(network_passphrase) + _ENVELOPE_TYPE_TX + body).digest()
-    inner = env.transaction.inner_transaction_envelope if isinstance(env, FeeBumpTransactionEnvelope) else env
-    return inner.hash()
+    return _inner(env).hash()
 
 
 def _signed_by(env: TransactionEnvelope | FeeBumpTransactionEnvelope, account_id: str,
@@ -172,7 +178,7 @@ def _read_payment(
     One operation, a native Payment to the treasury: anything else (a second op, a path
     payment, an account merge) is refused rather than guessed at.
     """
-    inner = env.transaction.inner_transaction_envelope if isinstance(env, FeeBumpTransactionEnvelope) else env
+    inner = _inner(env)
     tx = inner.transaction
     if len(tx.operations) != 1:
         raise PaymentInvalid(
@@ -251,9 +257,7 @@ class StellarSandboxVerifier:
 
     def verify_envelope(self, envelope_xdr: str) -> VerifiedPayment:
         env, raw = _read_envelope(envelope_xdr, self.network_passphrase)
-        inner = (
-            env.transaction.inner_transaction_envelope if isinstance(env, FeeBumpTransactionEnvelope) else env
-        )
+        inner = _inner(env)
         inner_hash = _transaction_hash(env, raw, self.network_passphrase)
         self._check_signatures(env, envelope_xdr, inner_hash=inner_hash)
         self._check_time_bounds(inner)
