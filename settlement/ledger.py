@@ -85,10 +85,58 @@ _account_rows = RowReader(LedgerAccount)
 _ACCOUNTS_BY_CODE = _account_rows.select + " WHERE t.code = ANY(%s)"
 
 
+class _KnownAccounts:
+    """Ledger accounts this process has seen committed, by code.
+
+    Every booking needs its accounts' ids; reading them was one statement and a model
+    instance per leg, on every payment and every executor batch. An account never changes
+    once created (no code updates it, the admin shows it read-only, and its postings
+    PROTECT it from deletion), so a committed one can be remembered for the life of the
+    process. Two rules keep that true:
+    * remembered only after the transaction that read or created it commits, so an account
+      created by a transaction that rolls back is never handed out;
+    * forgotten when the tables are emptied (`manage.py flush` and TransactionTestCase
+      send post_migrate; settlement/apps.py connects `forget_all`), since ids then change.
+    Per-user accounts make the set grow with users: past `LIMIT` it starts over.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._by_code: dict[str, LedgerAccount] = {}
+
+    def get(self, code: str) -> LedgerAccount | None:
+        return self._by_code.get(code)
+
+    def remember_after_commit(self, accounts: dict[str, LedgerAccount]) -> None:
+        transaction.on_commit(lambda: self._remember(accounts))
+
+    def _remember(self, accounts: dict[str, LedgerAccount]) -> None:
+        if len(self._by_code) + len(accounts) > self.LIMIT:
+            self._by_code = {}
+        self._by_code.update(accounts)
+
+    def forget_all(self, **_signal: Any) -> None:
+        self._by_code = {}
+
+
+known_accounts = _KnownAccounts()
+
+
 def _accounts(codes: Iterable[tuple[str, str]]) -> dict[str, LedgerAccount]:
-    """Fetch or create accounts by code in one query when they all exist."""
+    """The accounts of `codes` ((code, asset) pairs), created when missing: from memory
+    when this process has seen them all committed, else in one query (plus one per
+    account that does not exist yet)."""
     wanted = dict(codes)
-    # A fixed statement: every booking asks this (config.rows says why).
+    found: dict[str, LedgerAccount] = {}
+    for code in wanted:
+        account = known_accounts.get(code)
+        if account is None:
+            break
+        found[code] = account
+    else:
+        return found
+    # A fixed statement (config.rows says why).
     found = {a.code: a for a in _account_rows.all(_ACCOUNTS_BY_CODE, [list(wanted)])}
     for code, asset in wanted.items():
         if code not in found:
@@ -99,6 +147,7 @@ def _accounts(codes: Iterable[tuple[str, str]]) -> dict[str, LedgerAccount]:
                 defaults={"kind": _ACCOUNT_KINDS[kind_name], "asset": asset,
                           "chain": _chain_of(code, asset), "user_id": user_id},
             )
+    known_accounts.remember_after_commit(found)
     return found
 
 

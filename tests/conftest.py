@@ -9,6 +9,17 @@ from rest_framework.test import APIClient
 from tests.factories import UserFactory
 
 
+@pytest.fixture(autouse=True)
+def _no_remembered_ledger_accounts():
+    """Each test starts with no ledger accounts remembered (settlement.ledger.known_accounts):
+    a test's rolled-back transaction removes accounts that its on_commit callbacks (run by
+    django_capture_on_commit_callbacks) let the process remember, which production, where
+    accounts are never deleted, does not do."""
+    from settlement.ledger import known_accounts
+
+    known_accounts.forget_all()
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()
