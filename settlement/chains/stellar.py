@@ -91,7 +91,9 @@ def _read_envelope(
                 if parsed.type == stellar_xdr.EnvelopeType.ENVELOPE_TYPE_TX_FEE_BUMP
                 else TransactionEnvelope)
         env = kind.from_xdr_object(parsed, network_passphrase)
-        canonical = env.to_xdr_object().to_xdr_bytes()
+        # Canonical means what was read packs back to the same bytes (zero padding, no
+        # trailing bytes); packing the XDR objects skips rebuilding them from the SDK's.
+        canonical = parsed.to_xdr_bytes()
     except Exception as exc:  # noqa: BLE001 - the XDR layer raises many unrelated types
         raise PaymentInvalid(PaymentInvalid.MALFORMED, "not a valid TransactionEnvelope XDR") from exc
     if canonical != raw:

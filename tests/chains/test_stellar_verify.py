@@ -247,6 +247,23 @@ class TestSandboxRefuses:
         with pytest.raises(PaymentInvalid):
             sandbox.verify_envelope(None)  # type: ignore[arg-type]
 
+    def test_an_envelope_with_non_zero_xdr_padding_is_refused(self, sandbox, payer, treasury):
+        """The same envelope with other padding bytes would have another encoding (and the
+        hash is read off the bytes): only the canonical, zero-padded one is accepted."""
+        from stellar_sdk import DecoratedSignature
+
+        envelope = TransactionBuilder.from_xdr(make_stellar_payment(payer, treasury.public_key, 10),
+                                               TESTNET)
+        # A hash-x preimage of 5 bytes ends the envelope, padded with 3 zero bytes.
+        envelope.signatures.append(DecoratedSignature(b"\x01\x02\x03\x04", b"12345"))
+        raw = base64.b64decode(envelope.to_xdr())
+        assert raw.endswith(b"12345\x00\x00\x00")
+        assert sandbox.verify_envelope(base64.b64encode(raw).decode()).amount == 10
+
+        with pytest.raises(PaymentInvalid) as exc:
+            sandbox.verify_envelope(base64.b64encode(raw[:-1] + b"\x01").decode())
+        assert _code(exc) == "MALFORMED"
+
 
 # --------------------------------------------------------------------------- Horizon
 
