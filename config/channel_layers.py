@@ -51,9 +51,16 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
         delivered, and publishing costs neither a round trip after the commit nor a hop to
         an event loop. (The library's group_send reads the group and inserts per group, on
         a pool connection of its own.)"""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(*self.group_send_statement(sends))
+
+    def group_send_statement(self, sends: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[Any]]:
+        """`group_send_in_transaction`'s INSERT and its parameters, for a caller that sends
+        it together with a query of its own (config.events)."""
         from datetime import timedelta
 
-        from django.db import connection
         from django.utils import timezone
 
         keys, payloads = [], []
@@ -65,13 +72,12 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
                 payload = serialized[id(message)] = self.serialize(message)
             payloads.append(payload)
         expire = timezone.now() + timedelta(seconds=self.expiry)
-        with connection.cursor() as cursor:
-            cursor.execute(_GROUP_SEND_SQL, [expire, keys, payloads])
+        return GROUP_SEND_SQL, [expire, keys, payloads]
 
 
 # Each message to every channel of its group, in the order sent (message ids are the
 # delivery order). Without a listening socket the join is empty and nothing is written.
-_GROUP_SEND_SQL = """
+GROUP_SEND_SQL = """
 INSERT INTO channels_postgres_message (channel, message, expire)
 SELECT member.channel, sent.message, %s
 FROM unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS sent (group_key, message, position)

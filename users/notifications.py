@@ -31,18 +31,26 @@ RETRY_DELAYS = [dt.timedelta(seconds=s) for s in (10, 30, 120, 600, 3600)]
 TIMEOUT_SECONDS = 5.0
 
 
-_NOTIFY_URLS = ("SELECT id, notify_url FROM users_user "
-                "WHERE id = ANY(%s::uuid[]) AND notify_url <> ''")
+NOTIFY_URLS_SQL = ("SELECT id, notify_url FROM users_user "
+                   "WHERE id = ANY(%s::uuid[]) AND notify_url <> ''")
 
 
-def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]]) -> list[WebhookDelivery]:
+def notify_urls_params(events: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+    """NOTIFY_URLS_SQL's parameters for these events' users."""
+    return [list({str(user_id) for user_id, _ in events})]
+
+
+def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]],
+                        urls: dict[str, str] | None = None) -> list[WebhookDelivery]:
     """For published (user id, event) pairs, in the publishing transaction: one look-up of
-    the notify URLs; a delivery row and a send task for each event of a user who set one.
-    Both commit with the event or not at all (a crash after the commit loses nothing)."""
-    user_ids = list({str(user_id) for user_id, _ in events})
-    with connection.cursor() as cursor:  # raw: every published event asks this
-        cursor.execute(_NOTIFY_URLS, [user_ids])
-        urls = {str(pk): url for pk, url in cursor.fetchall()}
+    the notify URLs (`urls`, {user id: url} as NOTIFY_URLS_SQL returns them, when the
+    caller has read them already); a delivery row and a send task for each event of a user
+    who set one. Both commit with the event or not at all (a crash after the commit loses
+    nothing)."""
+    if urls is None:
+        with connection.cursor() as cursor:  # raw: every published event asks this
+            cursor.execute(NOTIFY_URLS_SQL, notify_urls_params(events))
+            urls = {str(pk): url for pk, url in cursor.fetchall()}
     if not urls:
         return []
     now = timezone.now()

@@ -54,3 +54,48 @@ async def test_leaving_a_group_works_and_stops_delivery():
     await layer.group_send("leavers", {"type": "event.forward", "event": {"n": 2}})
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(channel), 1.0)
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_an_event_and_its_webhook_delivery_go_in_one_statement_with_the_transaction(outcome):
+    """publish_after_commit_many with this layer: the message rows and the user's notify-URL
+    look-up are one statement; both commit or vanish with the publishing transaction."""
+    from django.db import transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from config.events import publish_after_commit_many, user_group
+    from tests.factories import UserFactory
+    from users.models import WebhookDelivery
+
+    layer = DefaultDatabaseChannelLayer()
+    user = await sync_to_async(UserFactory)(notify_url="https://client.example/hook")
+    channel = await layer.new_channel()
+    await layer.group_add(user_group(user.pk), channel)
+
+    class Abandon(Exception):
+        pass
+
+    @sync_to_async
+    def publish() -> list[str]:
+        with contextlib.suppress(Abandon), transaction.atomic():
+            with CaptureQueriesContext(connection) as statements:
+                publish_after_commit_many([({"event": "test.published", "n": 3}, user.pk, None)])
+            if outcome == "rollback":
+                raise Abandon
+        # Besides: the delivery row and its send task (a user with a notify URL).
+        return [q["sql"] for q in statements.captured_queries
+                if "channels_postgres_message" in q["sql"] or "notify_url" in q["sql"]]
+
+    receiving = asyncio.create_task(layer.receive(channel))
+    await asyncio.sleep(0.5)  # listening before anything is sent
+    [statement] = await publish()
+    assert "channels_postgres_message" in statement and "notify_url" in statement
+    deliveries = await sync_to_async(WebhookDelivery.objects.filter(user=user).count)()
+    if outcome == "commit":
+        message = await asyncio.wait_for(receiving, 10)
+        assert message["event"] == {"event": "test.published", "n": 3}
+        assert deliveries == 1
+    else:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(receiving, 1.0)
+        assert deliveries == 0
