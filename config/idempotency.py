@@ -54,6 +54,9 @@ from config.errors import Conflict, InvalidRequest, ServiceError
 logger = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
+# Read from META, as `request.headers` would find it, without building that mapping of
+# every header on each request (config.middleware reads its headers the same way).
+_HEADER_META = "HTTP_IDEMPOTENCY_KEY"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _VALID_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 
@@ -78,7 +81,7 @@ def request_fingerprint(*, method: str, path: str, body: Any) -> str:
 
 
 def idempotency_key_from(request: Request) -> str | None:
-    key = request.headers.get(HEADER)
+    key = request.META.get(_HEADER_META)
     if key is None:
         return None
     if not _VALID_KEY.match(key):
