@@ -55,11 +55,15 @@ def _parse_constant(name: str) -> Any:
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _Refused(f"duplicate key {key[:64]!r}")
-        obj[key] = value
+    # dict() builds it in C; only a size mismatch (a repeated key) needs the Python loop,
+    # which names the first repeat in document order.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"duplicate key {key[:64]!r}")
+            seen.add(key)
     return obj
 
 
@@ -92,8 +96,20 @@ def strict_json_loads(text: str) -> Any:
     data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
                       parse_constant=_parse_constant,
                       object_pairs_hook=_object_without_duplicates)
-    _check_strings(data)
+    # In ASCII text only a \u escape can make NUL or a lone surrogate (a raw control
+    # character inside a string is itself invalid JSON), so without one every decoded
+    # string is storable already and the walk over the whole value is skipped.
+    if "\\u" in text or not text.isascii():
+        _check_strings(data)
     return data
+
+
+def _utf8_text(body: bytes) -> str:
+    """`body` decoded exactly as `codecs.getreader("utf-8")(stream).read()` decodes it,
+    without the stream reader's Python read loop: invalid UTF-8 raises, and a multi-byte
+    sequence cut off at the very end is left out (the reader keeps it for a next read
+    that never comes)."""
+    return codecs.utf_8_decode(body, "strict", False)[0]
 
 
 class StrictJSONParser(JSONParser):
@@ -104,7 +120,10 @@ class StrictJSONParser(JSONParser):
         parser_context = parser_context or {}
         encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
         try:
-            text = codecs.getreader(encoding)(stream).read()
+            if codecs.lookup(encoding).name == "utf-8":
+                text = _utf8_text(stream.read())
+            else:
+                text = codecs.getreader(encoding)(stream).read()
         except UnicodeDecodeError as exc:
             raise ParseError(f"body is not valid {encoding}") from exc
         try:
