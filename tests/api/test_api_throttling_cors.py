@@ -120,3 +120,47 @@ def test_the_bucket_lets_a_full_burst_through_then_refills_evenly(settings):
     clock[0] += 60
     assert [attempt()[0] for _ in range(5)] == [True] * 4 + [False]  # full again after idling
     assert isinstance(cache.get(Throttle().get_cache_key(request, None)), float)
+
+
+def test_the_bucket_lives_in_the_threads_default_cache_or_the_throttles_own(settings):
+    """The throttle looks the default cache up once per request (not through the proxy on
+    each read): it must still be the backend the proxy would give, settings changes
+    included, and a throttle naming its own cache keeps using that one."""
+    from django.core.cache import cache, caches
+    from django.core.cache.backends.locmem import LocMemCache
+    from rest_framework.test import APIRequestFactory
+    from rest_framework.views import APIView
+
+    from config.throttling import QuoteIpThrottle
+
+    request = APIView().initialize_request(APIRequestFactory().post("/x", REMOTE_ADDR="10.9.8.7"))
+
+    class Throttle(QuoteIpThrottle):
+        rate = "5/min"
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": "throttle-test-elsewhere"}}
+    assert Throttle().allow_request(request, None)
+    key = Throttle().get_cache_key(request, None)
+    assert isinstance(cache.get(key), float) and caches["default"].get(key) == cache.get(key)
+
+    own = LocMemCache("throttle-test-own", {})
+
+    class OwnCache(QuoteIpThrottle):
+        rate = "5/min"
+        cache = own
+
+    assert OwnCache().allow_request(request, None)
+    assert isinstance(own.get(OwnCache().get_cache_key(request, None)), float)
+
+
+def test_a_rate_parses_as_drf_parses_it():
+    from rest_framework.throttling import SimpleRateThrottle
+
+    from config.throttling import QuoteIpThrottle
+
+    for rate in ("4/min", "12000/m", "30/s", "7/hour", "1/day", None):
+        assert QuoteIpThrottle.parse_rate(QuoteIpThrottle, rate) == SimpleRateThrottle.parse_rate(
+            SimpleRateThrottle, rate)
+    with pytest.raises(ValueError):
+        QuoteIpThrottle.parse_rate(QuoteIpThrottle, "four/min")
