@@ -94,3 +94,13 @@ def test_scrub_text_catches_secret_shapes():
     scrubbed = scrub_text(line)
     assert "abcdefgh12345678" not in scrubbed and stellar_seed not in scrubbed
     assert "Bearer [redacted]" in scrubbed
+
+
+def test_a_generated_request_id_is_a_uuid4_in_hex(client):
+    """Without a usable X-Request-ID the middleware makes one, shaped as uuid4().hex."""
+    ids = {client.get("/health", HTTP_X_REQUEST_ID="no")["X-Request-ID"] for _ in range(64)}
+    assert len(ids) == 64
+    for request_id in ids:
+        parsed = uuid.UUID(hex=request_id)
+        assert parsed.hex == request_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
