@@ -40,7 +40,10 @@ accepted first with the worker stopped, then the worker started and timed: the
 executor's own capacity). `BENCH_LOG_LEVEL=INFO` shows the executor's per-batch log
 lines (size, milliseconds per step).
 
-Prints a human summary and a JSON line (`BENCH_JSON {...}`); exit code 1 on a failed check.
+Prints a human summary and a JSON line (`BENCH_JSON {...}`), and writes the run's timeline
+as an SVG chart (`--chart PATH`): executions per second, and p95 latency by second of
+acceptance, which tells a sustained rate (flat) from a saturated one (latency climbing
+while payments keep coming). Exit code 1 on a failed check.
 
 Measured 2026-11-21 on this 2-core machine, ORM broker, PostgreSQL channel layer; every
 run: 0 double executions, all checks true. The host's speed varied by up to 3x within the
@@ -428,6 +431,38 @@ def wait_until_done(quote_ids: list[str], timeout: float) -> dict[str, int]:
         time.sleep(0.5)
 
 
+def timeline_svg(executed: list[tuple[Any, Any]], title: str) -> str:
+    """The measured run second by second, as two bar charts in one SVG: executions
+    completed in each second, and the p95 latency of the payments committed in it. A
+    sustained rate shows flat bars; a saturated one, latency climbing for as long as
+    payments keep arriving (the backlog growing)."""
+    from config.admin_charts import Bucket, bar_chart_svg
+
+    start = min(c.timestamp() for c, _ in executed)
+    seconds = int(max(e.timestamp() for _, e in executed) - start) + 1
+    done = [0] * seconds
+    committed: list[list[float]] = [[] for _ in range(seconds)]
+    for commit, execute in executed:
+        done[int(execute.timestamp() - start)] += 1
+        committed[int(commit.timestamp() - start)].append(execute.timestamp() - commit.timestamp())
+    every = max(1, -(-seconds // 10))  # about ten labels
+    rate = bar_chart_svg(
+        title=f"{title}: executions per second",
+        buckets=[Bucket(f"{n}s", count, f"second {n}") for n, count in enumerate(done)],
+        label_every=every)
+    latency = bar_chart_svg(
+        title="p95 latency, accepted -> executed, by second accepted",
+        buckets=[Bucket(f"{n}s", round(1000 * percentile(lat, 95)) if lat else 0,
+                        f"second {n}, {len(lat)} payments") for n, lat in enumerate(committed)],
+        value_text=lambda v: f"{v} ms", color="#d9822b", label_every=every, show_total=False)
+    # Each chart is a complete <svg> (the admin dashboard's); nested in one document they
+    # stack. The dashboard's stylesheet sizes their text: here the document does.
+    return ('<svg xmlns="http://www.w3.org/2000/svg" width="560" height="390">'
+            "<style>text { font: 11px sans-serif; }</style>"
+            f'<rect width="560" height="390" fill="white"/><g>{rate}</g>'
+            f'<g transform="translate(0,200)">{latency}</g></svg>')
+
+
 def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> dict[str, Any]:
     from solders.pubkey import Pubkey
 
@@ -556,6 +591,7 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
     }
     backend.close()
     return {
+        "executed_times": executed,  # (committed_at, executed_at): the chart's, not the JSON's
         "payments": len(ids),
         "offered_rate_per_s": args.rate,
         "mode": "drain" if args.drain else "open-loop",
@@ -593,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=int, default=2000, help="transactions per baseline")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--chart", default="",
+                        help="where to write the run's timeline (SVG; default: a temporary file)")
     parser.add_argument("--drain", action="store_true",
                         help="accept every payment first with the worker stopped, then time "
                              "the worker draining them (the executor's capacity alone)")
@@ -653,6 +691,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"could not drop {BENCH_DB_NAME}: {exc}")
 
     steady = pipeline["executions_per_s_steady"]
+    executed_times = pipeline.pop("executed_times")
+    chart = Path(args.chart) if args.chart else Path(tempfile.mkstemp(prefix="pipeline-",
+                                                                      suffix=".svg")[1])
+    if executed_times:
+        offered = "drained" if args.drain else f"offered at {args.rate:.0f}/s"
+        chart.write_text(timeline_svg(executed_times, f"{len(executed_times)} payments {offered}"))
     report = {
         "pipeline": pipeline,
         "baseline_litesvm": bare_svm,
@@ -690,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(p50 {bare_http_1['p50_ms']:.2f} ms)")
     print(f"  bare HTTP send, 8 threads     {bare_http_8['tx_per_s']:10.0f} tx/s")
     print(f"  ratios {json.dumps({k: round(v, 4) for k, v in report['ratios'].items()})}")
+    if executed_times:
+        print(f"  timeline (per second: executions, p95 latency)  {chart}")
     print("BENCH_JSON " + json.dumps(report, default=str))
     return 0 if all(pipeline["checks"].values()) else 1
 

@@ -29,8 +29,9 @@ class Bucket:
 
 def bar_chart_svg(*, title: str, buckets: Sequence[Bucket],
                   value_text: Callable[[int], str] = str, color: str = "#3c8dbc",
-                  label_every: int = 1) -> SafeString:
-    """An accessible SVG bar chart (role=img, <title> per bar for hover)."""
+                  label_every: int = 1, show_total: bool = True) -> SafeString:
+    """An accessible SVG bar chart (role=img, <title> per bar for hover). `show_total`:
+    off for values that do not add up (a latency per bucket)."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     peak = max((b.value for b in buckets), default=0)
     slot = plot_w / max(len(buckets), 1)
@@ -47,18 +48,18 @@ def bar_chart_svg(*, title: str, buckets: Sequence[Bucket],
         if index % max(label_every, 1) == 0:
             labels.append((f"{x + bar_w / 2:.1f}", str(HEIGHT - BOTTOM + 14), bucket.label))
 
-    total = sum(b.value for b in buckets)
+    total = f"total {value_text(sum(b.value for b in buckets))}" if show_total else ""
     return format_html(
         '<svg class="ops-chart" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
         'viewBox="0 0 {w} {h}" role="img" aria-label="{title}">'
         '<text x="{left}" y="14" style="font-weight:600">{title}</text>'
-        '<text x="{right}" y="14" text-anchor="end">total {total}</text>'
+        '<text x="{right}" y="14" text-anchor="end">{total}</text>'
         '<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#999"/>'
         '<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" stroke="#999"/>'
         '<text x="{ylabel_x}" y="{top_text}" text-anchor="end">{peak}</text>'
         '<text x="{ylabel_x}" y="{base}" text-anchor="end">0</text>'
         "{bars}{labels}</svg>",
-        w=WIDTH, h=HEIGHT, title=title, left=LEFT, right=WIDTH - RIGHT, total=value_text(total),
+        w=WIDTH, h=HEIGHT, title=title, left=LEFT, right=WIDTH - RIGHT, total=total,
         base=TOP + plot_h, top=TOP, top_text=TOP + 8, ylabel_x=LEFT - 4,
         peak=value_text(peak),
         bars=format_html_join(
