@@ -124,3 +124,26 @@ def test_metrics_is_get_only(client):
 def test_scrape_cost_is_a_handful_of_queries(client, django_assert_max_num_queries):
     with django_assert_max_num_queries(12):
         client.get("/metrics")
+
+
+def test_every_request_counts_once_in_its_own_label_set(client):
+    """The middleware keeps each label set's counter and histogram after the first request:
+    they must be the ones /metrics exports, one count per request, per status."""
+    from prometheus_client import REGISTRY
+
+    def counts(status: str) -> tuple[float, float]:
+        labels = {"method": "GET", "route": "metrics"}
+        return (REGISTRY.get_sample_value("solpay_http_requests_total", {**labels, "status": status})
+                or 0.0,
+                REGISTRY.get_sample_value("solpay_http_request_duration_seconds_count", labels)
+                or 0.0)
+
+    ok_before, timed_before = counts("200")
+    refused_before, _ = counts("403")
+    for _ in range(3):
+        assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 403
+    ok_after, timed_after = counts("200")
+    assert ok_after == ok_before + 3
+    assert counts("403")[0] == refused_before + 1
+    assert timed_after == timed_before + 4
