@@ -9,13 +9,12 @@ import hashlib
 import secrets
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 from psycopg import sql
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from config.prepared import prepared_statements
+from config.prepared import django_connection, prepared_statements
 from config.rows import RowReader
 from users.models import ApiToken, User
 
@@ -60,8 +59,9 @@ class _TokenLookup:
 
     def __call__(self, key_hash: str) -> tuple[User, ApiToken] | None:
         # Every authenticated request's first statement, a unique-index look-up: prepared
-        # (config.prepared), its parse and plan paid once per connection.
-        with prepared_statements(), connection.cursor() as cursor:
+        # (config.prepared), its parse and plan paid once per connection. The thread's
+        # connection itself, not the `django.db.connection` proxy, which looks it up again.
+        with prepared_statements(), django_connection().cursor() as cursor:
             cursor.execute(self.statement, [key_hash])
             row = cursor.fetchone()
         if row is None:

@@ -32,13 +32,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from psycopg import sql
 
 from config.bulk import insert_together
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
-from config.prepared import prepared_statements
+from config.prepared import django_connection, prepared_statements
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
 from quotes.models import MemoType, Quote, QuoteStatus
 from quotes.prices import PricePoint, price_feed
@@ -207,7 +207,7 @@ def _reservations(*, user: User, source_chain: str, mints: list[str]) -> _Reserv
       sequence never rolls back anyway, and a gap in memo ids costs nothing;
     * the user's verified wallet on the source chain (the default refund address).
     """
-    with connection.cursor() as cursor:
+    with django_connection().cursor() as cursor:  # the thread's own, not the proxy
         cursor.execute(_reservations_statement(len(mints)), [user.pk, source_chain, *mints])
         memo, wallet, lamports, *tokens = cursor.fetchone()
     return _Reservations(memo_id=int(memo), committed_lamports=int(lamports),
