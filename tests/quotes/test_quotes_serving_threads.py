@@ -8,6 +8,7 @@ the Django request path is covered by the web-process tests beside them."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from config.serving import ThreadPoolHttp
+from config.serving import BODY_MEMORY_BYTES, ThreadPoolHttp
 
 
 def scope(path: str = "/") -> dict[str, Any]:
@@ -145,3 +146,53 @@ def test_the_threads_finish_their_requests_when_the_process_exits():
                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["exiting", "request finished"]
+
+
+async def call_with_body(app: ThreadPoolHttp, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One request whose body arrives as `messages` (ASGI http.request / http.disconnect)."""
+    sent: list[dict[str, Any]] = []
+    pending = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({**scope("/upload"), "method": "POST"}, receive, send)
+    return sent
+
+
+def echo_body(environ: dict[str, Any]) -> bytes:
+    body = environ["wsgi.input"].read()
+    stream = environ["wsgi.input"]
+    kind = "memory" if isinstance(stream, io.BytesIO) or not stream._rolled else "file"
+    return f"{len(body)} {environ.get('CONTENT_LENGTH')} {kind} ".encode() + body
+
+
+@pytest.mark.parametrize(("chunks", "kind"), [
+    ([b'{"one": "message"}'], "memory"),  # the usual request: read as it came
+    ([b""], "memory"),
+    ([b'{"in": ', b'"three', b' parts"}'], "memory"),  # spooled, small enough to stay in RAM
+    ([b"x" * (BODY_MEMORY_BYTES + 1)], "file"),  # one message, too large to keep in memory
+    ([b"y" * BODY_MEMORY_BYTES, b"z" * 10], "file"),
+])
+def test_the_handler_reads_the_whole_body_however_it_arrived(chunks, kind):
+    app = pool_with(echo_body, threads=1)
+    messages = [{"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1}
+                for n, chunk in enumerate(chunks)]
+    sent = asyncio.run(call_with_body(app, messages))
+    whole = b"".join(chunks)
+    size, declared, stored, body = sent[1]["body"].split(b" ", 3)
+    assert body == whole and int(size) == len(whole)
+    assert declared == (str(len(whole)).encode() if whole else b"None")
+    assert stored.decode() == kind
+
+
+def test_a_client_that_leaves_mid_body_is_never_run():
+    ran: list[str] = []
+    app = pool_with(lambda environ: ran.append("ran") or b"", threads=1)
+    sent = asyncio.run(call_with_body(app, [
+        {"type": "http.request", "body": b"part", "more_body": True},
+        {"type": "http.disconnect"}]))
+    assert sent == [] and ran == []
