@@ -270,7 +270,7 @@ def _new_quote(*, user: User, **values: Any) -> Quote:
             for attname, field in _quote_fields()]
     if values:
         raise TypeError(f"Quote has no fields {sorted(values)}")
-    quote = Quote(*args)
+    quote = Quote(*args)  # type: ignore[misc]  # django-stubs reads the first as `id`
     quote.user = user
     return quote
 
