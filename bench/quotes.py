@@ -124,6 +124,25 @@ session before), and back-to-back runs, make-run, 16 clients, 10 s, were within 
     new  292-355 quotes/s  p95 78-100 ms  ratio 0.43-0.61  server 3.0-4.2 ms/quote (4 runs)
     old  268-360 quotes/s  p95 71-96 ms   ratio 0.49-0.63  server 3.0-4.7 ms/quote (4 runs)
 Not met on this host today: even the trivial insert stayed under 750/s.
+
+Session 7 (headers read from META, not request.headers; the JSON parser's one-call decode;
+content negotiation answered without parsing media types for the usual Accept header;
+throttles' cache and rates found once; metrics' label children looked up once and
+access-log fields built only when logged; the quote built from positional values; the
+thread's connection used directly for the token look-up and reservations; a body that
+arrives in one message read from memory). Callgrind, 200 requests in-process through
+Django's WSGI handler (the sandbox feed's publish time held still so that no price
+observation is written mid-run), a29cfba -> 18f2878..63614e7: quote 6.13 -> 5.69 M
+instructions (-7.2%), trivial insert 3.11 -> 2.91 M (-6.2%): most cuts are in code both
+run. The ASGI -> WSGI hop alone: 169-172 k -> 154 k per request. The host was as slow as the
+session before (speed probe 0.73-1.07 s, against 0.36 in its fast phases); back to back,
+make-run, 16 clients, 10 s, new = 63614e7, old = a29cfba:
+    new  230 | 307 quotes/s  p95 114 | 87 ms   insert 504 | 566/s  ratio 0.46 | 0.54
+         server 5.03 | 4.06 ms/quote (insert 2.50 | 2.39), PostgreSQL 1.32 | 1.15
+    old  259 | 300 quotes/s  p95 100 | 91 ms   insert 541 | 549/s  ratio 0.48 | 0.55
+         server 4.64 | 4.17 ms/quote (insert 2.35 | 2.53), PostgreSQL 1.25 | 1.18
+Within the host's noise again. With the trivial insert itself at 504-566/s here, 500
+quotes/s would need a quote cheaper than that insert: not reachable on this host.
 """
 
 from __future__ import annotations
