@@ -252,29 +252,6 @@ def _snapshot(prices: dict[str, PricePoint], *, source_symbol: str, width: Fract
     }
 
 
-@functools.cache
-def _quote_fields() -> tuple[tuple[str, Any], ...]:
-    return tuple((field.attname, field) for field in Quote._meta.concrete_fields)
-
-
-def _new_quote(*, user: User, **values: Any) -> Quote:
-    """`Quote(user=user, **values)`, built through Model.__init__'s positional path.
-
-    Given keywords, Django's __init__ looks each of the ~30 fields up by name, raising and
-    catching a KeyError for every one not given; given every concrete field in order, it
-    only sets attributes (~27,000 instructions fewer per quote). Fields not given get
-    their defaults as __init__ would give them, and the user is then set through the
-    relation's descriptor, exactly as the keyword did.
-    """
-    args = [values.pop(attname) if attname in values else field.get_default()
-            for attname, field in _quote_fields()]
-    if values:
-        raise TypeError(f"Quote has no fields {sorted(values)}")
-    quote = Quote(*args)  # type: ignore[misc]  # django-stubs reads the first as `id`
-    quote.user = user
-    return quote
-
-
 def quote_create(*, user: User, source_chain: str, solana_transaction_base64: Any = None,
                  instructions: Any = None, estimated_compute_units: int | None = None,
                  priority_fee_micro_lamports: int | None = None,
@@ -339,7 +316,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
 
     ttl = ttl_for_band(width, knobs.ttl_seconds)
     now = timezone.now()
-    quote = _new_quote(
+    quote = Quote(
         id=uuid.uuid4(), user=user, status=QuoteStatus.PENDING, source_chain=source_chain,
         source_asset=source_symbol, source_amount=Decimal(source_amount),
         service_fee=Decimal(service_fee), gas_estimate=Decimal(gas_estimate),
