@@ -128,15 +128,16 @@ Not met on this host today: even the trivial insert stayed under 750/s.
 Session 7 (headers read from META, not request.headers; the JSON parser's one-call decode;
 content negotiation answered without parsing media types for the usual Accept header;
 throttles' cache and rates found once; metrics' label children looked up once and
-access-log fields built only when logged; the quote built from positional values; the
-thread's connection used directly for the token look-up and reservations; a body that
-arrives in one message read from memory). Callgrind, 200 requests in-process through
-Django's WSGI handler (the sandbox feed's publish time held still so that no price
-observation is written mid-run), a29cfba -> 18f2878..63614e7: quote 6.13 -> 5.69 M
-instructions (-7.2%), trivial insert 3.11 -> 2.91 M (-6.2%): most cuts are in code both
-run. The ASGI -> WSGI hop alone: 169-172 k -> 154 k per request. The host was as slow as the
-session before (speed probe 0.73-1.07 s, against 0.36 in its fast phases); back to back,
-make-run, 16 clients, 10 s, new = 63614e7, old = a29cfba:
+access-log fields built only when logged; the thread's connection used directly for the
+token look-up and reservations; a body that arrives in one message read from memory).
+Callgrind, 200 requests in-process through Django's WSGI handler (the sandbox feed's
+publish time held still so that no price observation is written mid-run), a29cfba ->
+9eb59ef: quote 6.13 -> ~5.71 M instructions (-6.8%; a positional Quote construction made
+it 5.69, taken back: 0.5% for a bespoke constructor), trivial insert 3.11 -> 2.91 M
+(-6.2%): most cuts are in code both run. The ASGI -> WSGI hop alone: 169-172 k -> 154 k
+per request. The host was as slow as the session before (speed probe 0.73-1.07 s, against
+0.36 in its fast phases); back to back,
+make-run, 16 clients, 10 s, new = 63614e7 (with that construction), old = a29cfba:
     new  230 | 307 quotes/s  p95 114 | 87 ms   insert 504 | 566/s  ratio 0.46 | 0.54
          server 5.03 | 4.06 ms/quote (insert 2.50 | 2.39), PostgreSQL 1.32 | 1.15
     old  259 | 300 quotes/s  p95 100 | 91 ms   insert 541 | 549/s  ratio 0.48 | 0.55
