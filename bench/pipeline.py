@@ -161,9 +161,10 @@ Saturated either way on this host, within its noise. `--chart` shows why: execut
 in whole batches of 32 from the first seconds (a backlog all along) and p95 latency climbs
 through the run. Measured beside it: four acceptance loops in parallel (separate or one
 shared database) cost the same per payment as one (client 2.9-3.2 ms, backend 1.5-1.7 ms),
-while the pipeline's submitters and their backends take 3.6-4.4 and ~3.3 ms. So the extra
-comes with the executor running beside them (the cores it shares, or its writes to the
-same quotes and pages); which of the two was not pinned down.
+while the pipeline's submitters and their backends take 3.6-4.4 and ~3.3 ms. Three loops
+beside an executor loop on the same database cost no more either, so it is not the
+executor's writes to the same rows and pages; what the pipeline adds (qcluster's own
+processes, the sandbox server, more processes than cores) was not pinned down.
 """
 
 from __future__ import annotations
