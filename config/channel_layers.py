@@ -44,21 +44,14 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
             self._listener = loop.create_task(self.listen_to_all_channels())
         return self.listener_task_is_running, False
 
-    def group_send_in_transaction(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
-        """Several group sends as ONE statement on Django's connection, inside the caller's
-        transaction. The message rows, and the NOTIFY their trigger raises, become visible
-        at its commit and vanish with its rollback: no event of rolled-back work is ever
-        delivered, and publishing costs neither a round trip after the commit nor a hop to
-        an event loop. (The library's group_send reads the group and inserts per group, on
-        a pool connection of its own.)"""
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute(*self.group_send_statement(sends))
-
     def group_send_statement(self, sends: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[Any]]:
-        """`group_send_in_transaction`'s INSERT and its parameters, for a caller that sends
-        it together with a query of its own (config.events)."""
+        """Several group sends as ONE INSERT and its parameters, for the caller to run on
+        Django's connection inside its transaction (config.events runs it as a WITH clause
+        of the notify-URL look-up). The message rows, and the NOTIFY their trigger raises,
+        become visible at its commit and vanish with its rollback: no event of rolled-back
+        work is ever delivered, and publishing costs neither a round trip after the commit
+        nor a hop to an event loop. (The library's group_send reads the group and inserts
+        per group, on a pool connection of its own.)"""
         from datetime import timedelta
 
         from django.utils import timezone
@@ -72,12 +65,12 @@ class DefaultDatabaseChannelLayer(PostgresChannelLayer):  # type: ignore[misc]
                 payload = serialized[id(message)] = self.serialize(message)
             payloads.append(payload)
         expire = timezone.now() + timedelta(seconds=self.expiry)
-        return GROUP_SEND_SQL, [expire, keys, payloads]
+        return _GROUP_SEND_SQL, [expire, keys, payloads]
 
 
 # Each message to every channel of its group, in the order sent (message ids are the
 # delivery order). Without a listening socket the join is empty and nothing is written.
-GROUP_SEND_SQL = """
+_GROUP_SEND_SQL = """
 INSERT INTO channels_postgres_message (channel, message, expire)
 SELECT member.channel, sent.message, %s
 FROM unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS sent (group_key, message, position)

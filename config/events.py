@@ -22,7 +22,7 @@ from typing import Any
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
-from django.db import connection, transaction
+from django.db import transaction
 
 from config.channel_layers import DefaultDatabaseChannelLayer
 
@@ -116,20 +116,14 @@ def publish_after_commit_many(published: list[Published]) -> None:
     are one statement: the message INSERT runs as a WITH clause of the look-up."""
     if not published:
         return
-    from users.notifications import NOTIFY_URLS_SQL, notify_enqueue_many, notify_urls_params
+    from users.notifications import notify_enqueue_many
 
     sends = _group_sends(published)
     # The user's notify URL gets the same event (outgoing client webhooks).
     notifications = [(user_id, event) for event, user_id, _ in published]
     layer = get_channel_layer()
     if isinstance(layer, DefaultDatabaseChannelLayer):
-        insert, params = layer.group_send_statement(sends)
-        # PostgreSQL runs a data-modifying WITH clause whether or not the query reads it.
-        with connection.cursor() as cursor:
-            cursor.execute(f"WITH sent AS ({insert}) {NOTIFY_URLS_SQL}",
-                           params + notify_urls_params(notifications))
-            urls = {str(pk): url for pk, url in cursor.fetchall()}
-        notify_enqueue_many(notifications, urls)
+        notify_enqueue_many(notifications, alongside=layer.group_send_statement(sends))
         return
     if layer is not None:
         transaction.on_commit(lambda: _send_after_commit(sends))

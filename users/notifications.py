@@ -31,26 +31,25 @@ RETRY_DELAYS = [dt.timedelta(seconds=s) for s in (10, 30, 120, 600, 3600)]
 TIMEOUT_SECONDS = 5.0
 
 
-NOTIFY_URLS_SQL = ("SELECT id, notify_url FROM users_user "
-                   "WHERE id = ANY(%s::uuid[]) AND notify_url <> ''")
+_NOTIFY_URLS = ("SELECT id, notify_url FROM users_user "
+                "WHERE id = ANY(%s::uuid[]) AND notify_url <> ''")
 
 
-def notify_urls_params(events: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
-    """NOTIFY_URLS_SQL's parameters for these events' users."""
-    return [list({str(user_id) for user_id, _ in events})]
-
-
-def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]],
-                        urls: dict[str, str] | None = None) -> list[WebhookDelivery]:
+def notify_enqueue_many(events: list[tuple[Any, dict[str, Any]]], *,
+                        alongside: tuple[str, list[Any]] | None = None) -> list[WebhookDelivery]:
     """For published (user id, event) pairs, in the publishing transaction: one look-up of
-    the notify URLs (`urls`, {user id: url} as NOTIFY_URLS_SQL returns them, when the
-    caller has read them already); a delivery row and a send task for each event of a user
-    who set one. Both commit with the event or not at all (a crash after the commit loses
-    nothing)."""
-    if urls is None:
-        with connection.cursor() as cursor:  # raw: every published event asks this
-            cursor.execute(NOTIFY_URLS_SQL, notify_urls_params(events))
-            urls = {str(pk): url for pk, url in cursor.fetchall()}
+    the notify URLs; a delivery row and a send task for each event of a user who set one.
+    Both commit with the event or not at all (a crash after the commit loses nothing).
+
+    `alongside`: a data-modifying statement and its parameters (the channel layer's message
+    INSERT) to run in the same round trip, as a WITH clause of the look-up: PostgreSQL runs
+    such a clause whether or not the query reads it."""
+    statement, params = _NOTIFY_URLS, [list({str(user_id) for user_id, _ in events})]
+    if alongside is not None:
+        statement, params = f"WITH alongside AS ({alongside[0]}) {statement}", alongside[1] + params
+    with connection.cursor() as cursor:  # raw: every published event asks this
+        cursor.execute(statement, params)
+        urls = {str(pk): url for pk, url in cursor.fetchall()}
     if not urls:
         return []
     now = timezone.now()
