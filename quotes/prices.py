@@ -201,11 +201,12 @@ def price_feed() -> PriceFeed:
             if _feed is not None and isinstance(_feed[1], PythHermesFeed):
                 _feed[1].close()
             feed: PriceFeed
+            # Built from its key's own values, so the feed is always the one its key names.
             if key[0] == "pyth":
-                feed = PythHermesFeed(settings.PYTH_HERMES_URL, api_key=settings.PYTH_API_KEY,
-                                      cache_seconds=settings.PRICE_CACHE_SECONDS,
+                _, hermes_url, api_key, cache_seconds = key
+                feed = PythHermesFeed(hermes_url, api_key=api_key, cache_seconds=cache_seconds,
                                       timeout=settings.CHAIN_HTTP_TIMEOUT_SECONDS)
             else:
-                feed = FixedPriceFeed(settings.SANDBOX_PRICES_USD)
+                feed = FixedPriceFeed(dict(key[1]))
             _feed = (key, feed)
         return _feed[1]
