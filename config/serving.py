@@ -6,9 +6,11 @@ thread and executor per request, async/sync hops around the middleware chain; me
 with bench/quotes.py: the trivial insert took 4.3 ms of server CPU under daphne or
 uvicorn, 1.4 ms under gunicorn's threads). Running the same Django request path
 (`WSGIHandler`: same middleware, views, errors) on long-lived threads removes that cost
-while REST and WebSocket keep sharing one daphne port. The thread count bounds how many
-requests run at once per process (`WEB_HTTP_THREADS`); each thread takes its database
-connection from the process's psycopg pool, shared with the WebSocket consumers.
+while REST and WebSocket keep sharing one daphne port. Outside the admin's paths the
+chain leaves out the middleware only a browser session uses (`BrowserScopedHandler`).
+The thread count bounds how many requests run at once per process (`WEB_HTTP_THREADS`);
+each thread takes its database connection from the process's psycopg pool, shared with
+the WebSocket consumers.
 
 The request body is read completely before the view runs (as Django's ASGI handler
 does, into a spooled temporary file), so a slow client never holds a thread.
@@ -90,6 +92,41 @@ def _environ(scope: Scope, body: Any, body_size: int) -> dict[str, Any]:
 Response = tuple[int, list[tuple[bytes, bytes]], bytes, bool]
 
 
+class BrowserScopedHandler:
+    """Django's WSGI handler, with the browser-only middleware (session, CSRF, the
+    session's user, two-factor, messages: `settings.BROWSER_ONLY_MIDDLEWARE`) run only for
+    the paths a browser signs in on (`settings.BROWSER_PATH_PREFIXES`: the admin).
+
+    Everything else is the API, whose requests carry a bearer token: there those five
+    found no session, checked no CSRF token (DRF's views are exempt, and no cookie can sign
+    a request in without a session) and added nothing to the response, for ~200,000
+    instructions a request. Both handlers share the rest of the chain in the same order.
+    """
+
+    def __init__(self) -> None:
+        self.browser = WSGIHandler()
+        self.api = _handler_without(settings.BROWSER_ONLY_MIDDLEWARE)
+        self.browser_paths = tuple(settings.BROWSER_PATH_PREFIXES)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ["PATH_INFO"].startswith(self.browser_paths):
+            return self.browser(environ, start_response)
+        return self.api(environ, start_response)
+
+
+def _handler_without(left_out: Iterable[str]) -> WSGIHandler:
+    """A WSGI handler whose chain is settings.MIDDLEWARE less `left_out`. Django builds the
+    chain from the setting when the handler is made, and has no other way to give it one:
+    the setting is swapped only while this one is made (at start-up, before any thread
+    serves)."""
+    full, skipped = settings.MIDDLEWARE, set(left_out)
+    settings.MIDDLEWARE = [path for path in full if path not in skipped]
+    try:
+        return WSGIHandler()
+    finally:
+        settings.MIDDLEWARE = full
+
+
 class ThreadPoolHttp:
     """ASGI HTTP → Django's WSGI handler on `threads` long-lived threads.
 
@@ -104,7 +141,7 @@ class ThreadPoolHttp:
     """
 
     def __init__(self, threads: int) -> None:
-        self.handler = WSGIHandler()
+        self.handler: Callable[..., Iterable[bytes]] = BrowserScopedHandler()
         self.threads = threads
         self.requests: queue.SimpleQueue[
             tuple[asyncio.Future[Response], dict[str, Any], asyncio.AbstractEventLoop, Send]

@@ -80,6 +80,19 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# What only a signed-in browser (the admin) needs: its session, the CSRF check on it, its
+# user, two-factor and flash messages. The API authenticates every request by its bearer
+# token and sets no cookie, so config.serving runs the requests outside
+# BROWSER_PATH_PREFIXES without these (~200,000 instructions a request: 7% of a trivial
+# insert's, 3.4% of a quote's).
+BROWSER_ONLY_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+BROWSER_PATH_PREFIXES = ["/admin"]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

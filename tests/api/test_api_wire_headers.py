@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 from api_testviews import CALLS
-from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import override_settings
 
-from config.serving import _environ
+from config.serving import BrowserScopedHandler, _environ
 from users.authentication import token_issue
 
 pytestmark = [pytest.mark.urls("api_testviews")]
@@ -39,7 +38,7 @@ def _keep_the_test_transactions_connection():
 def serve(method: str, path: str, headers: dict[str, str],
           body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
     """One request as config.serving runs it: the ASGI scope's raw headers → environ →
-    Django's WSGI handler."""
+    its Django handler (the API's chain for these paths)."""
     raw_headers = [(name.lower().encode("latin1"), value.encode("latin1"))
                    for name, value in headers.items()]
     if body:
@@ -55,7 +54,7 @@ def serve(method: str, path: str, headers: dict[str, str],
         started["headers"] = dict(response_headers)
         return lambda data: None
 
-    result = WSGIHandler()(_environ(scope, io.BytesIO(body), len(body)), start_response)
+    result = BrowserScopedHandler()(_environ(scope, io.BytesIO(body), len(body)), start_response)
     try:
         content = b"".join(result)
     finally:
