@@ -11,15 +11,10 @@ CPU item of all (a third of a 30-execution batch). PostgreSQL's `UPDATE … FROM
 says the same thing with one typed row per record, values adapted by the fields
 themselves (`get_db_prep_save`), as the ORM would.
 
-Each column's values travel as ONE array (`unnest($1::uuid[], $2::varchar[], ...)`), so a
-statement's text depends on the tables and columns it writes, never on how many rows: the
-batch executor's batches vary from 1 to 32 rows, and with a VALUES row per record every
-size was its own statement. Prepared (config.prepared), those ~30 sizes x ~16 statements
-overflowed psycopg's cache of 100 prepared statements: each was parsed, analysed and
-custom-planned again almost every time, on both sides.
-
-Both write PostgreSQL's own `$1, $2, ...` and run on `config.prepared.raw_cursor()`, bound
-server-side, prepared or not: every array is under an explicit cast to its column's type,
+Both write PostgreSQL's own `$1, $2, ...` and run on `config.prepared.raw_cursor()`: with
+`%s`, psycopg parsed these long statements anew on every execution (it caches only short
+ones), about 1 µs per placeholder. Their values are therefore bound server-side, prepared
+or not: each one lands in a VALUES column of the INSERT's target or under an explicit cast,
 never bare in an expression (see config.prepared on ints).
 """
 
@@ -29,13 +24,13 @@ import datetime as dt
 import operator
 import re
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import NOT_PROVIDED, F, Lookup
+from django.db.models import NOT_PROVIDED
 from django.db.models.fields import AutoFieldMixin
 from psycopg import sql
 
@@ -136,7 +131,8 @@ def _columns(fields: list[models.Field[Any, Any]]) -> list[_Column]:
     return [(_value_of(f), _preparer(f)) for f in fields]
 
 
-_insert_statements: dict[tuple[type[models.Model], ...], tuple[str, list[list[_Column]]]] = {}
+_insert_statements: dict[tuple[tuple[type[models.Model], int], ...],
+                         tuple[str, list[list[_Column]]]] = {}
 
 
 def _inserted_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
@@ -148,40 +144,21 @@ def _inserted_fields(model: type[models.Model]) -> list[models.Field[Any, Any]]:
     return fields
 
 
-_TYPE_MODIFIER = re.compile(r"\(\d+(?:,\s*\d+)?\)")  # varchar(16) -> varchar
-
-
-def _column_type(field: models.Field[Any, Any]) -> str:
-    """The column's type less any length or precision: an array cast to varchar(16)[]
-    would cut a longer value silently, where the assignment to the column refuses it, as
-    the ORM's INSERT or UPDATE would."""
-    return _TYPE_MODIFIER.sub("", str(field.db_type(connection)))
-
-
-def _unnest(fields: list[models.Field[Any, Any]], first: int = 1) -> str:
-    """`unnest($first::type[], $first+1::type[], ...)`: a row per element, one array per
-    field, placeholders numbered from `first`."""
-    arrays = ", ".join(f"${n}::{_column_type(f)}[]" for n, f in enumerate(fields, start=first))
-    return f"unnest({arrays})"
+def _placeholders(first: int, casts: list[str]) -> str:
+    """One VALUES row: `($first::cast, $first+1::cast, ...)`, a cast per value ("" for none)."""
+    return "(" + ", ".join(f"${n}{cast}" for n, cast in enumerate(casts, start=first)) + ")"
 
 
 def _insert_into(model: type[models.Model], fields: list[models.Field[Any, Any]],
-                 first: int = 1) -> sql.Composed:
-    """`INSERT INTO table (columns) SELECT * FROM unnest($first::type[], ...)`: any number
-    of rows of `model`, a column's values in one array, placeholders numbered from `first`.
-    The rows go in in the arrays' order."""
-    return sql.SQL("INSERT INTO {} ({}) SELECT * FROM {}").format(
+                 rows: int = 1, first: int = 1) -> sql.Composed:
+    """`INSERT INTO table (columns) VALUES ($first, ...), ...` for `rows` rows of `model`,
+    its placeholders numbered from `first`."""
+    width = len(fields)
+    return sql.SQL("INSERT INTO {} ({}) VALUES {}").format(
         sql.Identifier(model._meta.db_table),
         sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
-        sql.SQL(_unnest(fields, first)))
-
-
-def _values_statement(model: type[models.Model], fields: list[models.Field[Any, Any]]) -> sql.Composed:
-    """`INSERT INTO table (columns) VALUES ($1, ...)`: one row, each value its own param."""
-    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(model._meta.db_table),
-        sql.SQL(", ").join(sql.Identifier(str(f.column)) for f in fields),
-        sql.SQL(", ").join(sql.SQL(f"${n}") for n in range(1, len(fields) + 1)))
+        sql.SQL(", ").join(sql.SQL(_placeholders(first + row * width, [""] * width))
+                           for row in range(rows)))
 
 
 _insert_if_new_statements: dict[tuple[type[models.Model], tuple[str, ...]],
@@ -199,7 +176,7 @@ def insert_if_new(row: models.Model, *, unique: tuple[str, ...]) -> bool:
         conflict = [cast(models.Field, model._meta.get_field(name)).column  # type: ignore[type-arg]
                     for name in unique]
         statement = sql.SQL("{} ON CONFLICT ({}) DO NOTHING RETURNING 1").format(
-            _values_statement(model, fields),
+            _insert_into(model, fields),
             sql.SQL(", ").join(sql.Identifier(str(c)) for c in conflict)).as_string()
         _insert_if_new_statements[key] = (statement, _columns(fields))
     statement, columns = _insert_if_new_statements[key]
@@ -222,19 +199,18 @@ def insert_together(*rows: models.Model) -> None:
 
     One multi-row INSERT per table, its rows in the order given (so their ids keep that
     order). A sub-statement per row, as this once wrote, cost PostgreSQL twice the CPU
-    for sixty rows (planning sixty INSERTs). The statement is the same for any number of
-    rows of the same tables."""
+    for sixty rows (planning sixty INSERTs)."""
     by_model: dict[type[models.Model], list[models.Model]] = {}
     for row in rows:
         by_model.setdefault(type(row), []).append(row)
-    shape = tuple(by_model)
+    shape = tuple((model, len(group)) for model, group in by_model.items())
     if shape not in _insert_statements:
         parts, fields_of, first = [], [], 1
-        for model in shape:  # in the order of the params below
+        for model, count in shape:  # in the order of the params below
             fields = _inserted_fields(model)
-            parts.append(_insert_into(model, fields, first=first))
+            parts.append(_insert_into(model, fields, rows=count, first=first))
             fields_of.append(fields)
-            first += len(fields)
+            first += count * len(fields)
         ctes = [sql.SQL("{} AS ({})").format(sql.Identifier(f"row{n}"), part)
                 for n, part in enumerate(parts[:-1])]
         composed = (sql.SQL("WITH {} {}").format(sql.SQL(", ").join(ctes), parts[-1])
@@ -243,9 +219,9 @@ def insert_together(*rows: models.Model) -> None:
                                      [_columns(fields) for fields in fields_of])
     statement, columns_of = _insert_statements[shape]
     db = django_connection()
-    params = [[prepare(value_of(row), db) for row in group]
+    params = [prepare(value_of(row), db)
               for group, columns in zip(by_model.values(), columns_of, strict=True)
-              for value_of, prepare in columns]
+              for row in group for value_of, prepare in columns]
     with raw_cursor() as cursor:
         cursor.execute(statement, params)
     for row in rows:
@@ -265,68 +241,50 @@ def update_rows(model: type[models.Model], rows: dict[Any, dict[str, Any]]) -> i
     return updated
 
 
-class _EqualsAny(Lookup):  # type: ignore[type-arg]
-    """`column = ANY($1::type[])`: the values as one array (see `any_of`)."""
-
-    lookup_name = "any"
-    prepare_rhs = False
-
-    def get_db_prep_lookup(  # type: ignore[override]  # its one param is a list
-            self, value: Any, db: Any) -> tuple[str, tuple[list[Any]]]:
-        field = self.lhs.output_field
-        return "%s", ([field.get_db_prep_value(v, db, prepared=False) for v in value],)
-
-    def as_sql(self, compiler: Any, db: Any) -> tuple[str, tuple[Any, ...]]:
-        lhs_sql, lhs_params = self.process_lhs(compiler, db)
-        rhs_sql, rhs_params = self.process_rhs(compiler, db)
-        return (f"{lhs_sql} = ANY({rhs_sql}::{_column_type(self.lhs.output_field)}[])",
-                (*lhs_params, *rhs_params))
-
-
-def any_of(field: str, values: Collection[Any]) -> _EqualsAny:
-    """A filter: `field` is one of `values`, as `field__in` says it, but as ONE array
-    param. `__in` writes a placeholder per value, so a batch's statement differed with
-    its size (see the module's docstring): `Quote.objects.filter(any_of("pk", ids))`."""
-    return _EqualsAny(F(field), list(values))
-
-
-_update_statements: dict[tuple[type[models.Model], tuple[str, ...]],
+_TYPE_MODIFIER = re.compile(r"\(\d+(?:,\s*\d+)?\)")  # varchar(16) -> varchar
+_update_statements: dict[tuple[type[models.Model], tuple[str, ...], int],
                          tuple[str, list[models.Field[Any, Any]]]] = {}
 
 
 def _update_group(model: type[models.Model], names: tuple[str, ...],
                   group: list[tuple[Any, dict[str, Any]]]) -> int:
-    key = (model, names)
+    key = (model, names, len(group))
     if key not in _update_statements:
-        _update_statements[key] = _update_statement(model, names)
+        _update_statements[key] = _update_statement(model, names, len(group))
     statement, fields = _update_statements[key]
     pk_field, changed = fields[0], fields[1:]
     db = django_connection()
-    prepare_pk = _preparer(pk_field)
-    params: list[list[Any]] = [[prepare_pk(pk, db) for pk, _ in group]]
-    for field in changed:
-        prepare, name = _preparer(field), field.name
-        params.append([prepare(values[name], db) for _, values in group])
+    params: list[Any] = []
+    prepare_pk, prepares = _preparer(pk_field), [(f.name, _preparer(f)) for f in changed]
+    for pk, values in group:
+        params.append(prepare_pk(pk, db))
+        params += [prepare(values[name], db) for name, prepare in prepares]
     with raw_cursor() as cursor:
         cursor.execute(statement, params)
         return int(cursor.rowcount)
 
 
-def _update_statement(model: type[models.Model],
-                      names: tuple[str, ...]) -> tuple[str, list[models.Field[Any, Any]]]:
-    """`UPDATE … FROM unnest(…)` setting the fields `names` of any number of rows, and the
-    fields whose arrays its params are: the primary keys, then each field's values."""
+def _update_statement(model: type[models.Model], names: tuple[str, ...],
+                      rows: int) -> tuple[str, list[models.Field[Any, Any]]]:
+    """`UPDATE … FROM (VALUES …)` of `rows` rows setting the fields `names`, and the fields
+    whose values its params are, row after row: the primary key, then those fields.
+    The VALUES are cast to their columns' types (without a target column to give them one,
+    PostgreSQL would take each for text), less any length or precision: a cast to
+    varchar(16) cuts a longer value silently, where the assignment to the column refuses
+    it, as the ORM's UPDATE would."""
     meta = model._meta
     pk_field = meta.pk
     assert pk_field is not None
     fields = [pk_field, *(cast(models.Field, meta.get_field(name))  # type: ignore[type-arg]
                           for name in names)]
     columns: list[str] = [str(f.column) for f in fields]
+    casts = [f"::{_TYPE_MODIFIER.sub('', str(f.db_type(connection)))}" for f in fields]
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     assignments = ", ".join(f"{quote(c)} = v.{quote(c)}" for c in columns[1:])
+    values = ", ".join(_placeholders(1 + row * len(fields), casts) for row in range(rows))
     statement = (f"UPDATE {table} SET {assignments} "  # noqa: S608 - names from the model
-                 f"FROM {_unnest(fields)} "
+                 f"FROM (VALUES {values}) "
                  f"AS v({', '.join(quote(c) for c in columns)}) "
                  f"WHERE {table}.{quote(columns[0])} = v.{quote(columns[0])}")
     return statement, fields

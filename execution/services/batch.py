@@ -46,7 +46,7 @@ from django.utils import timezone
 from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
-from config.bulk import any_of, insert_together
+from config.bulk import insert_together
 from config.errors import ServiceError
 from config.events import publish_after_commit_many
 from config.prepared import planned_each_time, prepared_statements
@@ -373,9 +373,8 @@ class _Batch:
         now = timezone.now()
         with prepared_statements(), transaction.atomic():
             locked = self._lock(cleared, status=E.SIGNED)
-            ExecutionAttempt.objects.filter(
-                any_of("pk", [item.attempt.pk for item in locked]),  # type: ignore[union-attr]
-                state=A.SIGNED).update(send_count=1, last_sent_at=now)
+            ExecutionAttempt.objects.filter(pk__in=[item.attempt.pk for item in locked],  # type: ignore[union-attr]
+                                            state=A.SIGNED).update(send_count=1, last_sent_at=now)
             execution_transition_many(
                 executions=[item.execution for item in locked], to_status=E.SUBMITTED,
                 actor=self.actor,
@@ -448,7 +447,7 @@ class _Batch:
             locked = self._lock(self.items, status=E.SUBMITTED)
             now = timezone.now()
             ExecutionAttempt.objects.filter(
-                any_of("pk", [item.attempt.pk for item in locked])).update(state=A.LANDED)  # type: ignore[union-attr]
+                pk__in=[item.attempt.pk for item in locked]).update(state=A.LANDED)  # type: ignore[union-attr]
             landed, fields, facts = [], {}, {}
             for item in locked:
                 details = item.details

@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.bulk import any_of
 from config.chains import Chain
 from execution.models import Execution
 from quotes.models import Quote, QuoteStatus
@@ -174,7 +173,7 @@ def funding_payments_of(quote_ids: list[Any]) -> dict[Any, FundingPayment]:
     # index, whose matched entries grow with every payment ever taken (seen: 2 ms a batch
     # after 2,000 payments, with statistics older than the rows). A quote has one or two.
     paying = {FundingPaymentStatus.MATCHED, FundingPaymentStatus.OVERPAID}
-    for payment in FundingPayment.objects.filter(any_of("quote_id", quote_ids)).order_by("received_at"):
+    for payment in FundingPayment.objects.filter(quote_id__in=quote_ids).order_by("received_at"):
         if payment.status in paying:
             found.setdefault(payment.quote_id, payment)
     return found

@@ -18,7 +18,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Model
 from django.utils import timezone
 
-from config.bulk import any_of, insert_together
+from config.bulk import insert_together
 from config.errors import Conflict
 from config.events import publish_after_commit
 from config.transitions import refuse_unless_allowed, require_transaction
@@ -138,7 +138,7 @@ def quote_transition_many(*, quotes: list[Quote], to_status: str, actor: str,
     change: dict[str, Any] = {"status": to_status, "updated_at": now}
     if to_status in _TIMESTAMP_FIELD:
         change[_TIMESTAMP_FIELD[to_status]] = now
-    updated = Quote.objects.filter(any_of("pk", [q.pk for q in quotes]),
+    updated = Quote.objects.filter(pk__in=[q.pk for q in quotes],
                                    status__in=list(expected_from)).update(**change)
     if updated != len(quotes):  # the caller's locks make this impossible; never guess
         raise InvalidTransition("A quote changed under its lock",

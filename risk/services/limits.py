@@ -27,7 +27,6 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from psycopg import sql
 
-from config.bulk import any_of
 from config.chains import AMOUNT_DIGITS, NATIVE_ASSET, Chain
 from config.errors import InvalidRequest
 from config.prepared import prepared_statements
@@ -189,18 +188,16 @@ def _reservations_insert(quotes: list[Quote], *, day: dt.date) -> set[Any]:
     reservation this call inserted."""
     if not quotes:
         return set()
-    # One array per varying column: the same statement (prepared once) for any batch size.
+    now = timezone.now()
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(quotes))
+    params: list[Any] = []
+    for quote in quotes:
+        params += [quote.pk, quote.user_id, day, Decimal(int(quote.max_lamports_spend)),
+                   quote.source_chain, Decimal(int(quote.total_cost)),
+                   SpendReservation.State.RESERVED, now]
     sql = (f"INSERT INTO {SpendReservation._meta.db_table} "  # noqa: S608 - our table, bound values
            "(quote_id, user_id, day, lamports, source_chain, source_amount, state, created_at) "
-           "SELECT quote_id, user_id, %s::date, lamports, source_chain, source_amount, "
-           "%s, %s::timestamptz FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], "
-           "%s::varchar[], %s::numeric[]) "
-           "AS r(quote_id, user_id, lamports, source_chain, source_amount) "
-           "ON CONFLICT (quote_id) DO NOTHING RETURNING quote_id")
-    params: list[Any] = [day, str(SpendReservation.State.RESERVED), timezone.now(),
-              [q.pk for q in quotes], [q.user_id for q in quotes],
-              [Decimal(int(q.max_lamports_spend)) for q in quotes],
-              [q.source_chain for q in quotes], [Decimal(int(q.total_cost)) for q in quotes]]
+           f"VALUES {values} ON CONFLICT (quote_id) DO NOTHING RETURNING quote_id")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row[0] for row in cursor.fetchall()}
@@ -275,7 +272,7 @@ def risk_consume_execution(*, quote: Quote) -> bool:
 def risk_consume_executions(quote_ids: list[Any]) -> int:
     """`risk_consume_execution` for a batch of landed executions."""
     return SpendReservation.objects.filter(
-        any_of("quote_id", quote_ids), state=SpendReservation.State.RESERVED,
+        quote_id__in=quote_ids, state=SpendReservation.State.RESERVED,
     ).update(state=SpendReservation.State.CONSUMED, settled_at=timezone.now())
 
 

@@ -123,13 +123,14 @@ def _consume_user_sums(users: list[tuple[_Counter, int, int]], *, day: Any) -> b
         [UserDailySpending(**counter.key) for counter, _, _ in users],
         ignore_conflicts=True)
     limit = users[0][0].limit  # one per-user limit for everyone
-    # One array per column: the same statement (prepared once) for any number of users.
+    values = ", ".join(["(%s::uuid, %s::numeric, %s::integer)"] * len(users))
+    params: list[Any] = []
+    for counter, amount, count in users:
+        params += [counter.key["user_id"], Decimal(amount), count]
     sql = (f"UPDATE {table} AS t SET amount_spent = t.amount_spent + v.amount, "  # noqa: S608
            "transaction_count = t.transaction_count + v.n "
-           "FROM unnest(%s::uuid[], %s::numeric[], %s::integer[]) AS v(user_id, amount, n) "
+           f"FROM (VALUES {values}) AS v(user_id, amount, n) "
            "WHERE t.user_id = v.user_id AND t.day = %s AND t.amount_spent + v.amount <= %s")
-    params = [[counter.key["user_id"] for counter, _, _ in users],
-              [Decimal(amount) for _, amount, _ in users], [count for _, _, count in users]]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, day, Decimal(limit)])
         return cursor.rowcount == len(users)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
 import json
 from decimal import Decimal
 
@@ -18,7 +17,7 @@ from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
 from django.db.utils import DataError, IntegrityError
 from django.test.utils import CaptureQueriesContext
 
-from config.bulk import any_of, insert_if_new, insert_together, update_rows
+from config.bulk import insert_if_new, insert_together, update_rows
 from config.prepared import RawBindingCursor, prepared_statements, raw_cursor
 from execution.models import Execution, ExecutionAttempt
 from quotes.models import Quote, QuoteTransition
@@ -73,66 +72,6 @@ def test_one_row_and_many_rows_of_a_table_are_the_same_insert():
     assert AuditEvent.objects.get(event_type="bulk_one").details == AWKWARD[0]
     stored = AuditEvent.objects.filter(event_type="bulk_many").values_list("details", flat=True)
     assert sorted(map(canonical, stored)) == sorted(map(canonical, AWKWARD))
-
-
-def test_any_number_of_rows_is_one_statement_text_prepared_once():
-    """A batch of 1 to 32 rows is the same statement: prepared once, not once per size
-    (which overflowed psycopg's cache of 100 prepared statements in the batch executor)."""
-    quotes = [QuoteFactory() for _ in range(5)]
-
-    def rows(size: int, status: str) -> None:
-        insert_together(*[AuditEvent(event_type=f"bulk_{status}_{size}", actor="test")
-                          for _ in range(size)])
-        update_rows(Quote, {q.pk: {"status": status} for q in quotes[:size]})
-
-    with CaptureQueriesContext(connection) as captured:
-        for size in (1, 2, 5):
-            rows(size, "committed")
-    texts = [query["sql"] for query in captured.captured_queries]
-    assert len(texts) == 6 and len(set(texts)) == 2
-    before = prepared_statement_texts()
-    with prepared_statements():
-        for size in (1, 2, 5):
-            rows(size, "cancelled")
-    assert prepared_statement_texts() - before == set(texts)
-    assert [AuditEvent.objects.filter(event_type=f"bulk_cancelled_{n}").count()
-            for n in (1, 2, 5)] == [1, 2, 5]
-    assert [Quote.objects.get(pk=q.pk).status for q in quotes] == ["cancelled"] * 5
-
-
-@pytest.mark.parametrize("mode", ["outside", "prepared"])
-def test_any_of_finds_what_in_finds_with_one_statement_for_any_number_of_keys(mode):
-    quotes = [QuoteFactory() for _ in range(4)]
-    executions = [Execution.objects.create(quote=q) for q in quotes]
-    binding = prepared_statements() if mode == "prepared" else contextlib.nullcontext()
-    before = prepared_statement_texts()
-    with CaptureQueriesContext(connection) as captured, binding:
-        found = [
-            set(Quote.objects.filter(any_of("pk", [q.pk for q in quotes[:n]]))
-                .values_list("pk", flat=True))
-            for n in (1, 3)]
-        by_fk = set(Execution.objects.filter(any_of("quote_id", [quotes[0].pk, quotes[3].pk]))
-                    .values_list("pk", flat=True))
-        updated = Quote.objects.filter(any_of("pk", [q.pk for q in quotes[:2]]),
-                                       status="pending").update(status="cancelled")
-        none = list(Quote.objects.filter(any_of("pk", [])))
-    assert found == [{quotes[0].pk}, {q.pk for q in quotes[:3]}]
-    assert by_fk == {executions[0].pk, executions[3].pk}
-    assert updated == 2 and none == []
-    if mode == "outside":  # the texts (a prepared statement's is not logged)
-        texts = [query["sql"] for query in captured.captured_queries]
-        assert "= ANY(" in texts[0] and " IN " not in texts[0]
-    else:  # the two look-ups by pk, of 1 and 3 keys, are one prepared statement
-        assert len(prepared_statement_texts() - before) == 4
-
-
-def test_rows_go_in_in_the_order_given():
-    quote = QuoteFactory()
-    statuses = ["pending", "committed", "executing", "executed", "failed", "refund_due"]
-    insert_together(*[QuoteTransition(quote=quote, from_status=a, to_status=b, actor="t")
-                      for a, b in itertools.pairwise(statuses)])
-    assert list(QuoteTransition.objects.filter(quote=quote).order_by("id")
-                .values_list("to_status", flat=True)) == statuses[1:]
 
 
 def test_a_violation_in_any_row_writes_none_of_them():
@@ -263,8 +202,7 @@ def test_bulk_statements_are_prepared_inside_prepared_statements_only():
     with CaptureQueriesContext(connection) as outside:
         nine_rows()
     [statement] = [query["sql"] for query in outside.captured_queries]
-    assert statement.startswith('INSERT INTO "risk_auditevent"')
-    assert statement.endswith("$8::timestamp with time zone[])")  # a param per column
+    assert statement.startswith('INSERT INTO "risk_auditevent"') and statement.endswith("$72)")
     assert prepared_statement_texts() == before
     with prepared_statements():
         nine_rows()
