@@ -165,6 +165,20 @@ while the pipeline's submitters and their backends take 3.6-4.4 and ~3.3 ms. Thr
 beside an executor loop on the same database cost no more either, so it is not the
 executor's writes to the same rows and pages; what the pipeline adds (qcluster's own
 processes, the sandbox server, more processes than cores) was not pinned down.
+
+Session 8 (measured, nothing kept for the executor). perf (cpu-clock, DWARF call graphs)
+on the PostgreSQL backends, open loop at 150/s: deferred foreign-key and ledger triggers
+at commit 13.7% of their CPU, index inserts 12.8%, planning of prepared statements 8.3%,
+WAL flush 6.5%, CHECK constraints 5.4% (PostgreSQL re-reads a table's CHECK expressions
+for every statement: quotes_quote has 17). WAL: ~276 records, ~38 KB per payment (about
+32 rows inserted and 13 updated, most updates not HOT because status is indexed). The
+executor's batch statements have a text per batch size, so its connection's 100 prepared
+statements churn (1,207 distinct statements in a run); sending every batch as arrays
+(one text for any size) left PostgreSQL's CPU per payment unchanged in back-to-back
+pairs (3.89 | 3.99 -> 3.90 | 3.95 ms) and made one-row inserts dearer (bench/quotes.py),
+so it was taken back. `plan_cache_mode = force_generic_plan` server-wide: PostgreSQL
+4.08 | 4.07 -> 3.96 | 3.99 ms per payment (-2.5%), not adopted. The host was slow (total
+CPU 12.3-12.7 ms per payment; saturated at 150-167/s).
 """
 
 from __future__ import annotations

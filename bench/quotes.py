@@ -144,6 +144,24 @@ make-run, 16 clients, 10 s, new = 63614e7 (with that construction), old = a29cfb
          server 4.64 | 4.17 ms/quote (insert 2.35 | 2.53), PostgreSQL 1.25 | 1.18
 Within the host's noise again. With the trivial insert itself at 504-566/s here, 500
 quotes/s would need a quote cheaper than that insert: not reachable on this host.
+
+Session 8 (API requests skip the browser-only middleware: session, CSRF, the session's
+user, two-factor and messages run for /admin only, `config.serving.BrowserScopedHandler`).
+Callgrind, 200 requests in-process through the serving handler: trivial insert 558.4 ->
+520.6 M instructions (-6.8%), quote 1144 -> 1105 M (-3.4%). Under load (py-spy --gil on
+a web process) daphne's twisted side held the GIL about as long as Django did for the
+trivial insert; uvicorn (httptools, uvloop) serving the same thread pool took as much
+server CPU per request and less throughput, so the front end was kept. The host moved
+by ~2x within the session (the untouched trivial insert: 378-760/s); back to back,
+make-run, 16 clients, 10 s, old = 018ce97, new = 3b3bfce:
+    new  275 quotes/s  p95  96 ms  insert 487/s  ratio 0.56  server 4.27 ms/quote, PG 1.23
+    old  227 quotes/s  p95 113 ms  insert 429/s  ratio 0.53  server 4.96 ms/quote, PG 1.41
+Earlier the same session, with the host faster: 396-425 quotes/s, p95 66 ms, insert
+645-760/s. Tried and taken back: sending bulk inserts as one array per column
+(`unnest`) so a batch's statement text does not depend on its size. One-row inserts,
+the quote's among them, got dearer (PostgreSQL 1.27-1.36 -> 1.72 ms per quote, two
+pairs): a function scan over arrays whose generic plan assumes other row counts, and
+PostgreSQL planning it again each time.
 """
 
 from __future__ import annotations
