@@ -49,6 +49,20 @@ def anon_client() -> APIClient:
 
 
 @pytest.fixture
+def handler_keeps_the_test_connection():
+    """For tests calling a Django handler directly, as Django's test client does: the
+    handler's request signals would close the test transaction's connection."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
 def fresh_channel_layers():
     """Transitions made in this process publish through a channel layer built for this test
     (a layer caches its database connection settings and event loop)."""

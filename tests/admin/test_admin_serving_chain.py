@@ -16,24 +16,12 @@ import pytest
 from django.conf import settings
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 
 from config.serving import BrowserScopedHandler, _environ
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("handler_keeps_the_test_connection")]
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(autouse=True)
-def _keep_the_test_transactions_connection():
-    """As Django's test client does: the handler's request signals would close it."""
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    yield
-    request_started.connect(close_old_connections)
-    request_finished.connect(close_old_connections)
 
 
 class Browser:

@@ -13,26 +13,15 @@ from typing import Any
 
 import pytest
 from api_testviews import CALLS
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.test import override_settings
 
 from config.serving import BrowserScopedHandler, _environ
 from users.authentication import token_issue
 
-pytestmark = [pytest.mark.urls("api_testviews")]
+pytestmark = [pytest.mark.urls("api_testviews"),
+              pytest.mark.usefixtures("handler_keeps_the_test_connection")]
 
 QUOTE_LOG = "/test/quotes/6f1c2a4e-0000-4000-8000-000000000001"  # a plain 200 GET
-
-
-@pytest.fixture(autouse=True)
-def _keep_the_test_transactions_connection():
-    """As Django's test client does: the handler's request signals would close it."""
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    yield
-    request_started.connect(close_old_connections)
-    request_finished.connect(close_old_connections)
 
 
 def serve(method: str, path: str, headers: dict[str, str],
