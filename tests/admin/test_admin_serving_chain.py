@@ -7,7 +7,6 @@ with the raw headers daphne delivers."""
 
 from __future__ import annotations
 
-import io
 import re
 from http.cookies import SimpleCookie
 from typing import Any
@@ -17,7 +16,8 @@ from django.conf import settings
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 
-from config.serving import BrowserScopedHandler, _environ
+from config.serving import BrowserScopedHandler
+from tests.serving_requests import serve_through
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("handler_keeps_the_test_connection")]
 
@@ -38,28 +38,13 @@ class Browser:
         if self.cookies:
             raw.append((b"cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()).encode()))
         if body:
-            raw += [(b"content-type", b"application/x-www-form-urlencoded"),
-                    (b"content-length", str(len(body)).encode())]
-        scope = {"type": "http", "method": method, "path": path, "query_string": b"",
-                 "headers": raw, "server": ("testserver", 80), "client": ("127.0.0.1", 5000)}
-        started: dict[str, Any] = {}
-
-        def start_response(status: str, response_headers: list[tuple[str, str]],
-                           exc_info: Any = None) -> Any:
-            started["status"] = int(status.split(" ", 1)[0])
-            started["headers"] = response_headers
-            return lambda data: None
-
-        result = self.handler(_environ(scope, io.BytesIO(body), len(body)), start_response)
-        try:
-            content = b"".join(result)
-        finally:
-            result.close()
-        for name, value in started["headers"]:
+            raw.append((b"content-type", b"application/x-www-form-urlencoded"))
+        status, response_headers, content = serve_through(self.handler, method, path, raw, body)
+        for name, value in response_headers:
             if name.lower() == "set-cookie":
                 for morsel in SimpleCookie(value).values():
                     self.cookies[morsel.key] = morsel.value
-        return started["status"], started["headers"], content
+        return status, response_headers, content
 
 
 def _csrf_token(page: bytes) -> str:

@@ -7,15 +7,14 @@ delivers, so a wrong environ key shows here as a header silently ignored."""
 
 from __future__ import annotations
 
-import io
 import json
-from typing import Any
 
 import pytest
 from api_testviews import CALLS
 from django.test import override_settings
 
-from config.serving import BrowserScopedHandler, _environ
+from config.serving import BrowserScopedHandler
+from tests.serving_requests import serve_through
 from users.authentication import token_issue
 
 pytestmark = [pytest.mark.urls("api_testviews"),
@@ -26,29 +25,13 @@ QUOTE_LOG = "/test/quotes/6f1c2a4e-0000-4000-8000-000000000001"  # a plain 200 G
 
 def serve(method: str, path: str, headers: dict[str, str],
           body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """One request as config.serving runs it: the ASGI scope's raw headers → environ →
-    its Django handler (the API's chain for these paths)."""
+    """One request as config.serving runs it (the API's chain for these paths), with the
+    raw, lower-case header names daphne delivers."""
     raw_headers = [(name.lower().encode("latin1"), value.encode("latin1"))
                    for name, value in headers.items()]
-    if body:
-        raw_headers.append((b"content-length", str(len(body)).encode()))
-    scope = {"type": "http", "method": method, "path": path, "query_string": b"",
-             "headers": raw_headers, "server": ("127.0.0.1", 8000),
-             "client": ("127.0.0.1", 5000)}
-    started: dict[str, Any] = {}
-
-    def start_response(status: str, response_headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Any:
-        started["status"] = int(status.split(" ", 1)[0])
-        started["headers"] = dict(response_headers)
-        return lambda data: None
-
-    result = BrowserScopedHandler()(_environ(scope, io.BytesIO(body), len(body)), start_response)
-    try:
-        content = b"".join(result)
-    finally:
-        result.close()
-    return started["status"], started["headers"], content
+    status, response_headers, content = serve_through(BrowserScopedHandler(), method, path,
+                                                      raw_headers, body)
+    return status, dict(response_headers), content
 
 
 @pytest.mark.django_db
