@@ -20,6 +20,7 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from config.admin_paths import is_admin_path
 from config.logging import current_request_id
 
 logger = logging.getLogger(__name__)
@@ -214,29 +215,25 @@ def json_error(request: HttpRequest | None, status: int, message: str, code: str
 # They run for errors outside DRF: unknown URLs, plain Django views, middleware. The admin
 # keeps Django's HTML pages; everything else (API and seed routes) gets the envelope.
 
-def _is_admin(request: HttpRequest) -> bool:
-    return request.path.startswith("/admin/")
-
-
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_admin(request):
+    if is_admin_path(request.path):
         return defaults.bad_request(request, exception)  # type: ignore[arg-type]
     return json_error(request, 400, "Bad request", "INVALID_REQUEST")
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_admin(request):
+    if is_admin_path(request.path):
         return defaults.permission_denied(request, exception)  # type: ignore[arg-type]
     return json_error(request, 403, "Forbidden", "FORBIDDEN")
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_admin(request):
+    if is_admin_path(request.path):
         return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
     return json_error(request, 404, "Not found", "NOT_FOUND")
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if _is_admin(request):
+    if is_admin_path(request.path):
         return defaults.server_error(request)
     return json_error(request, 500, "Internal error", "INTERNAL_ERROR")

@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from config.admin_paths import is_admin_path
 from config.errors import envelope_for, json_error
 from config.logging import bind_log_context, log_context
 
@@ -33,10 +34,6 @@ GetResponse = Callable[[HttpRequest], HttpResponse]
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _UUID = re.compile(r"^[0-9a-fA-F-]{32,36}$")
-
-
-def _is_admin(request: HttpRequest) -> bool:
-    return request.path.startswith("/admin/")
 
 
 # Headers are read from META (`HTTP_` + the name upper-cased, dashes as underscores: what
@@ -155,7 +152,7 @@ class CorsMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         origin = request.META.get(_ORIGIN_HEADER)
-        if not origin or _is_admin(request):
+        if not origin or is_admin_path(request.path):
             return self.get_response(request)
         allowed = self._allowed_origin(origin)
         preflight = (request.method == "OPTIONS"
@@ -197,7 +194,7 @@ class JsonErrorMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if response.status_code < 400 or _is_admin(request):
+        if response.status_code < 400 or is_admin_path(request.path):
             return response
         if response.get("Content-Type", "").startswith("application/json"):
             return response
@@ -214,7 +211,7 @@ class JsonErrorMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """Exceptions from plain Django views (DRF views never get here: DRF handles its own)."""
-        if _is_admin(request):
+        if is_admin_path(request.path):
             return None
         status, body, headers = envelope_for(exception)  # logs 5xx with the request id
         response = json_error(request, status, body["error"], body["error_code"], body.get("details"))

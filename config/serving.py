@@ -42,6 +42,7 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from twisted.web import http
 
+from config.admin_paths import is_admin_path
 from config.asgi import application as asgi_application
 
 Scope = dict[str, Any]
@@ -95,7 +96,7 @@ Response = tuple[int, list[tuple[bytes, bytes]], bytes, bool]
 class BrowserScopedHandler:
     """Django's WSGI handler, with the browser-only middleware (session, CSRF, the
     session's user, two-factor, messages: `settings.BROWSER_ONLY_MIDDLEWARE`) run only for
-    the paths a browser signs in on (`settings.BROWSER_PATH_PREFIXES`: the admin).
+    the admin's paths (`config.admin_paths`), where a browser signs in.
 
     Everything else is the API, whose requests carry a bearer token: there those five
     found no session, checked no CSRF token (DRF's views are exempt, and no cookie can sign
@@ -106,10 +107,9 @@ class BrowserScopedHandler:
     def __init__(self) -> None:
         self.browser = WSGIHandler()
         self.api = _handler_without(settings.BROWSER_ONLY_MIDDLEWARE)
-        self.browser_paths = tuple(settings.BROWSER_PATH_PREFIXES)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if environ["PATH_INFO"].startswith(self.browser_paths):
+        if is_admin_path(environ["PATH_INFO"]):
             return self.browser(environ, start_response)
         return self.api(environ, start_response)
 
