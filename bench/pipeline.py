@@ -414,6 +414,18 @@ def _cpu_snapshot(qcluster_pid: int, children: Children) -> dict[str, float]:
     return snapshot
 
 
+def _signal_tree(pid: int, sig: int) -> None:
+    """`sig` to a process and all its descendants (the qcluster and its workers)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            continue
+
+
 def _commits() -> int:
     """Transactions committed in the bench database so far (every process's): with durable
     commits each is a WAL flush, so commits per payment is a cost that load does not blur.
@@ -516,15 +528,10 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
     quotes = make_quotes(args.payments + args.warmup)
     log(f"  done in {time.perf_counter() - t0:.1f}s")
 
-    env = {**os.environ, "Q_WORKERS": str(args.workers)}
-
-    def start_qcluster() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=REPO_ROOT,  # noqa: S603
-                                env=env, stdout=subprocess.DEVNULL)
-        children.add("qcluster", proc)
-        return proc
-
-    qcluster = start_qcluster()
+    qcluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=REPO_ROOT,  # noqa: S603
+                                env={**os.environ, "Q_WORKERS": str(args.workers)},
+                                stdout=subprocess.DEVNULL)
+    children.add("qcluster", qcluster)
     backend = SolanaBackend(rpc_url)
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.Queue()
@@ -560,17 +567,17 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
     tx_count_before = int(admin.call("getTransactionCount"))
     submitter_cpu.clear()
     if args.drain:
-        # The executor's own capacity: every payment accepted first with the worker
-        # stopped, then the worker drains the backlog (submitters' CPU not in its way).
-        qcluster.send_signal(signal.SIGTERM)
-        qcluster.wait(timeout=60)
-        log(f"drain: accepting {len(measured)} payments with the worker stopped ...")
+        # The executor's own capacity: every payment accepted first with the warm worker
+        # paused (SIGSTOP: no restart, whose start-up CPU would count as the drain's),
+        # then resumed to drain the backlog (submitters' CPU not in its way).
+        _signal_tree(qcluster.pid, signal.SIGSTOP)
+        log(f"drain: accepting {len(measured)} payments with the worker paused ...")
         submit_durations, submit_lateness = submit(measured, rate=args.rate)
         submitted = time.time()
         commits_before = _commits()
-        qcluster = start_qcluster()
         cpu_before = _cpu_snapshot(qcluster.pid, children)
         started = time.time()
+        _signal_tree(qcluster.pid, signal.SIGCONT)
         log(f"drain: {args.workers} qcluster workers executing the backlog ...")
     else:
         commits_before = _commits()
