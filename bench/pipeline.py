@@ -179,6 +179,22 @@ pairs (3.89 | 3.99 -> 3.90 | 3.95 ms) and made one-row inserts dearer (bench/quo
 so it was taken back. `plan_cache_mode = force_generic_plan` server-wide: PostgreSQL
 4.08 | 4.07 -> 3.96 | 3.99 ms per payment (-2.5%), not adopted. The host was slow (total
 CPU 12.3-12.7 ms per payment; saturated at 150-167/s).
+
+Session 9 (2026-11-22; the host slower again: the untouched trivial insert of bench/quotes.py
+at 444-480/s, total CPU 13.3-16.0 ms per payment). `--drain` used to restart the qcluster
+after the backlog was accepted, so its start-up counted as the drain's executor CPU; it now
+pauses the warm cluster (SIGSTOP) and resumes it (SIGCONT). Same host, minutes apart: restart
+222.5/s steady, executor 5.4 ms per payment; pause 249.9/s steady (253.1 overall), executor
+3.5, PostgreSQL 2.2, sandbox 0.8 ms. The executor alone runs 250 payments/s on two cores;
+open loop, where each payment's acceptance (verify + book: 4.6-5.5 ms in the submitters,
+~2.3 ms of PostgreSQL) shares them, saturates at 114-155/s (p95 2.3-11.9 s). Measured and
+not kept, back to back at 120-150/s offered:
+    no audit rows at all (an upper bound for merging audit events into transition rows):
+      PostgreSQL 5.16 | 4.88 -> 4.61 | 4.56 ms, total 15.98 | 15.10 -> 14.92 | 14.87 ms (-4%)
+    psycopg prepared_max 100 -> 1000 (the batch statements' cache churn): PostgreSQL
+      4.27 | 4.32 -> 4.26 | 4.49 ms, no change
+The audit log and the transition rows are both in the contract (DESIGN.md section 5), and
+4% of the CPU does not pay for folding one into the other.
 """
 
 from __future__ import annotations

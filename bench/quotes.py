@@ -162,6 +162,11 @@ Earlier the same session, with the host faster: 396-425 quotes/s, p95 66 ms, ins
 the quote's among them, got dearer (PostgreSQL 1.27-1.36 -> 1.72 ms per quote, two
 pairs): a function scan over arrays whose generic plan assumes other row counts, and
 PostgreSQL planning it again each time.
+
+Session 9 (2026-11-22, nothing changed on this path): the host slower than in any session
+before. make-run, 16 clients, 10 s, three runs: 224-266 quotes/s, p95 99-117 ms, ratio
+0.51-0.57, server 4.6-5.5 ms per quote, PostgreSQL 1.4-1.7; the untouched trivial insert
+393-480/s, so on this host even the baseline stays under the 500/s that #12 asks of quotes.
 """
 
 from __future__ import annotations
