@@ -195,6 +195,17 @@ not kept, back to back at 120-150/s offered:
       4.27 | 4.32 -> 4.26 | 4.49 ms, no change
 The audit log and the transition rows are both in the contract (DESIGN.md section 5), and
 4% of the CPU does not pay for folding one into the other.
+What a batch costs whatever its size (in-process, one wake-up over k accepted payments,
+callgrind with warm statement caches): 32 payments 352.4 M instructions, 64 payments
+682.1 M, so ~10.3 M per payment and ~23 M per batch: 41-44 statements in 4 transactions
+and 6 RPC calls, whatever k is (~25 ms of client CPU and ~17 ms of PostgreSQL's on this
+host). That is why the executor's CPU per payment falls as load rises: open loop at 50/s
+(batches of ~3) 13.2-14.0 ms executor, 8.7 ms PostgreSQL, 29-30 ms in all; at 80/s 21 ms;
+at 150/s 13-14 ms. Batches of 64 instead of 32 save ~3% of the executor's instructions
+at saturation (11.01 -> 10.66 M per payment) for a batch twice as long: not taken, as in
+session 7. Django model construction, ~20 us per row on this host, is ~26 rows per
+executed payment (~0.5 ms, ~4% of all the CPU): left as is, for the reason session 7
+took back a bespoke constructor.
 """
 
 from __future__ import annotations
