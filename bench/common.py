@@ -65,12 +65,18 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 # -- process memory --------------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (a django-q2 cluster is several processes).
+    Raises psutil.NoSuchProcess when `pid` is gone."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def tree_sum(pid: int, measure: Callable[[psutil.Process], float]) -> float:
-    """`measure` summed over a process and all its descendants (a django-q2 cluster is
-    several processes); processes that exit meanwhile count as nothing."""
+    """`measure` summed over `process_tree(pid)`; processes that exit meanwhile count as
+    nothing."""
     try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        processes = process_tree(pid)
     except psutil.NoSuchProcess:
         return 0
     total = 0.0

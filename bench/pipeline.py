@@ -236,7 +236,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import StellarWallet, latency_summary, percentile, tree_sum  # noqa: E402
+from bench.common import (  # noqa: E402
+    StellarWallet,
+    latency_summary,
+    percentile,
+    process_tree,
+    tree_sum,
+)
 
 AMOUNT_LAMPORTS = 1_000_000  # 0.001 SOL: above the rent-exempt minimum of a new account
 BENCH_DB_NAME = "solpay_bench_pipeline"
@@ -451,8 +457,7 @@ def _signal_tree(pid: int, sig: int) -> None:
     """`sig` to a process and all its descendants (the qcluster and its workers)."""
     import psutil
 
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
+    for proc in process_tree(pid):
         try:
             proc.send_signal(sig)
         except psutil.NoSuchProcess:
