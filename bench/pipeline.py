@@ -391,9 +391,11 @@ def baseline_http(url: str, count: int, threads: int) -> dict[str, Any]:
 # -- the pipeline ---------------------------------------------------------------------------
 
 
-def _submitter(payments: list[tuple[str, str]], start_at: float, rate: float, offset: int,
-               stride: int, errors: Any, timings: Any) -> None:
-    """One submitting process: payment n goes in at start_at + n / rate (open loop)."""
+def _submitter(jobs: Any, errors: Any, timings: Any) -> None:
+    """One submitting process, kept for the whole run (as make run keeps its web processes:
+    the measured payments meet warm caches and connections, not a cold start). Each job is
+    (payments, start_at, rate, offset, stride): payment n goes in at start_at + n / rate
+    (open loop)."""
     import django
 
     django.setup()
@@ -401,28 +403,28 @@ def _submitter(payments: list[tuple[str, str]], start_at: float, rate: float, of
 
     from settlement.services.funding import payment_submit
 
-    durations = []
-    lateness = []
-    cpu_started = time.process_time()  # Django's start-up is not a payment's cost
-    for index in range(offset, len(payments), stride):
-        due = start_at + index / rate
-        delay = due - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            lateness.append(-delay)
-        quote_id, envelope = payments[index]
-        t0 = time.perf_counter()
-        try:
-            outcome = payment_submit(chain="stellar", source="api", envelope_xdr=envelope)
-            if not outcome.committed:
-                errors.put(f"{quote_id}: payment not committed ({outcome.status})")
-        except Exception as exc:  # reported, never hidden
-            errors.put(f"{quote_id}: {type(exc).__name__}: {exc}")
-        durations.append(time.perf_counter() - t0)
-    cpu = time.process_time() - cpu_started
+    for payments, start_at, rate, offset, stride in iter(jobs.get, None):
+        durations = []
+        lateness = []
+        cpu_started = time.process_time()  # Django's start-up is not a payment's cost
+        for index in range(offset, len(payments), stride):
+            due = start_at + index / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                lateness.append(-delay)
+            quote_id, envelope = payments[index]
+            t0 = time.perf_counter()
+            try:
+                outcome = payment_submit(chain="stellar", source="api", envelope_xdr=envelope)
+                if not outcome.committed:
+                    errors.put(f"{quote_id}: payment not committed ({outcome.status})")
+            except Exception as exc:  # reported, never hidden
+                errors.put(f"{quote_id}: {type(exc).__name__}: {exc}")
+            durations.append(time.perf_counter() - t0)
+        timings.put((durations, lateness, time.process_time() - cpu_started))
     connection.close()
-    timings.put((durations, lateness, cpu))
 
 
 def _cpu_snapshot(qcluster_pid: int, children: Children) -> dict[str, float]:
@@ -576,29 +578,30 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
     timings = ctx.Queue()
     submitter_cpu: list[float] = []
 
-    def submit(batch: list[tuple[str, str, str]], rate: float) -> tuple[list[float], list[float]]:
+    job_queues = [ctx.Queue() for _ in range(args.submitters)]
+    submitters = [ctx.Process(target=_submitter, args=(jobs, errors, timings), daemon=True)
+                  for jobs in job_queues]
+    for proc in submitters:
+        proc.start()
+
+    def submit(batch: list[tuple[str, str, str]], rate: float,
+               lead: float = 0.5) -> tuple[list[float], list[float]]:
         payments = [(quote_id, envelope) for quote_id, _, envelope in batch]
-        start_at = time.time() + 3.0  # after the processes have imported Django
-        procs = [ctx.Process(target=_submitter,
-                             args=(payments, start_at, rate, offset, args.submitters, errors,
-                                   timings))
-                 for offset in range(args.submitters)]
-        for proc in procs:
-            proc.start()
+        start_at = time.time() + lead
+        for offset, jobs in enumerate(job_queues):
+            jobs.put((payments, start_at, rate, offset, args.submitters))
         durations: list[float] = []
         lateness: list[float] = []
-        for _ in procs:
+        for _ in job_queues:
             got_durations, got_lateness, cpu = timings.get()
             durations += got_durations
             lateness += got_lateness
             submitter_cpu.append(cpu)
-        for proc in procs:
-            proc.join()
         return durations, lateness
 
     warm, measured = quotes[:args.warmup], quotes[args.warmup:]
     log(f"warm-up: {len(warm)} payments through {args.workers} qcluster workers ...")
-    submit(warm, rate=min(args.rate, 50))
+    submit(warm, rate=min(args.rate, 50), lead=3.0)  # after the processes have imported Django
     wait_until_done([q for q, _, _ in warm], timeout=120)
 
     admin = SandboxAdmin(rpc_url)
@@ -625,6 +628,10 @@ def run_pipeline(args: argparse.Namespace, rpc_url: str, children: Children) -> 
         started = time.time()
         submit_durations, submit_lateness = submit(measured, rate=args.rate)
         submitted = time.time()
+    for jobs in job_queues:
+        jobs.put(None)  # the submitters' last job is done: let them close their connections
+    for proc in submitters:
+        proc.join(timeout=30)
     counts = wait_until_done([q for q, _, _ in measured], timeout=args.timeout)
     finished = time.time()
     tx_count_after = int(admin.call("getTransactionCount"))
