@@ -13,7 +13,9 @@ What runs (all on this machine, nothing mocked):
 * real signed Stellar payment envelopes (stellar-sdk), submitted open-loop at `--rate`
   per second by `--submitters` processes through `settlement.services.funding.payment_submit`
   (sandbox verification of the signed envelope, commit of the quote, the ledger entry, and
-  the executor's wake-up queued with the commit when none is pending);
+  the executor's wake-up queued with the commit when none is pending). The same processes
+  submit the warm-up and the measured payments, as make run's web processes live on
+  between requests;
 * `manage.py qcluster` (django-q2, ORM broker, `--workers` worker processes) running the
   executor: risk reservation, build + sign, attempt stored, simulation guard, send,
   signature status, getTransaction, ledger/settlement/risk bookkeeping.
@@ -212,6 +214,36 @@ back at 50/s offered: old p50 97 | 122 ms, p95 270 | 513, executor 15.5 | 14.6 m
 payment; NOTIFY p50 115 | 161 ms, p95 531 | 972, executor 16.9 | 14.2. An immediate wake-up
 runs a batch per payment or two; the poll's wait, ~25 ms on average, doubles as the window
 in which a batch fills, and at this load the fixed cost of a batch matters more.
+
+Session 10 (2026-11-22, later; the host about twice as fast as in session 9: the drain
+558/s steady against 250/s, total CPU 8.8-9.5 ms per payment against 13.3-16.0). The
+measured run used to spawn new submitter processes after the warm-up, so its first
+seconds met cold processes and new PostgreSQL backends: p95 by second 365-709 ms in
+seconds 0-1 of a run, 100-230 ms after. They are now kept from the warm-up on. Open loop,
+200/s offered, 2 workers, 4 submitters, every run 0 double executions, every check true:
+    before (spawned afresh)  3000 payments  203.3 | 206.9 | 202.7/s  p95 289 | 371 | 212 ms
+    after  (kept)            3000 payments  201.7 | 202.1 | 201.9 | 204.2/s
+                                            p50 92 | 109 | 100 | 85  p95 164 | 205 | 206 | 146 ms
+                             8000 payments  199.4 | 199.9/s  p50 136 | 110  p95 294 | 185 ms
+                             6000 payments  200.0/s  p50 88  p95 133 ms
+    CPU per payment: executor 2.7-3.0, PostgreSQL 3.0-3.5, submitters 2.3-2.8, sandbox 0.6
+With the PGOPTIONS below and with INFO logs, three more: p95 205, 237 and 223 ms, so 9 of
+10 runs under the 250 ms of #5, at ~90% of two cores. Second 1 of every measured run is
+still the worst (p95 349-477 ms): with INFO logs, the record step of two batches on both
+workers took 369 and 228 ms at once there (40-95 ms around it), as if both waited on the
+same lock or on the server; not explained yet.
+In 40 s runs the backends' CPU climbs at a constant rate (0.55 -> 0.77 of a core in one,
+0.59 -> 0.68 in another) and p95 by second with it. The database is new for every run and
+no autovacuum reached it within the run (`pg_stat_user_tables`: never analysed), so the
+planner sizes tables by their pages alone, and with `random_page_cost` 4 it prefers
+sequential scans of the growing tables up to a few thousand rows: auto_explain showed the
+batch's lock of its executions and three of its updates scanning execution_execution in
+every batch (5.2 M rows read over 6,000 payments; risk_spendreservation and
+settlement_fundingpayment likewise). `PGOPTIONS="-c random_page_cost=1.1"` (the usual
+value for data in memory or on SSD) turned those into index scans (23,000 rows read) but
+moved neither the open loop (PostgreSQL 3.2 ms per payment either way, the climb still
+there, smaller) nor the drain (558.2 -> 552.3/s); not adopted. A database with history,
+analysed, plans these by index in any case.
 """
 
 from __future__ import annotations

@@ -167,6 +167,35 @@ Session 9 (2026-11-22, nothing changed on this path): the host slower than in an
 before. make-run, 16 clients, 10 s, three runs: 224-266 quotes/s, p95 99-117 ms, ratio
 0.51-0.57, server 4.6-5.5 ms per quote, PostgreSQL 1.4-1.7; the untouched trivial insert
 393-480/s, so on this host even the baseline stays under the 500/s that #12 asks of quotes.
+
+Session 10 (2026-11-22, later; the host about twice as fast). make-run, 16 clients, 10 s,
+nine runs: 436-470 quotes/s, p50 34-38 ms, p95 54-62 ms, insert 586-847/s, ratio 0.55-0.79;
+CPU per quote: server 2.41-2.62 ms (insert 1.52-1.66), PostgreSQL 0.86-0.95 (0.31-0.35),
+sandbox 0.38-0.41, load generator 0.18. p95 and the ratio meet #12, the rate does not:
+    clients          1      4      8     16        24     32
+    quotes/s       221    407    419   436-470   414-426  432
+    p95 ms         5.3   13.4   27.9   54-62      92-95   118
+One client takes 4.4 ms a quote for 4.4 ms of CPU: nothing waits, the work is all CPU, and
+at ~4.0 ms per quote (3.9-4.1 under load, more with more clients) two cores top out near
+500/s at 100% busy. At 16 clients `vmstat` shows 13% idle; more clients fill it but make
+each quote dearer. Measured and not kept:
+* The web processes share one listening socket, and the keep-alive clients settle
+  unevenly (14 and 2 of 16 connections, 30 and 2 of 32). One SO_REUSEPORT socket per
+  process spreads them 8/8 but served no more (436/s): CPU, not a process's GIL, is the
+  limit here.
+* The web processes' garbage collections are ~4% of their CPU (gc.callbacks); thresholds
+  of 20,000/50/1,000 halve that: ~1% of a quote's CPU.
+Where a quote's CPU goes, in-process through the serving handler (client CPU 2.0 ms, timed
+per function with thread_time): quote_create 1.38 ms (simulation's client side 0.32, the
+insert 0.27, the risk read 0.24, the reservations read 0.13, signing 0.08, decoding the
+work 0.06), the token look-up 0.28 (0.11-0.15 for the statement itself, the rest the
+pool's checkout), DRF and the middleware ~0.35; the trivial insert 0.90 (its token look-up
+0.27). PostgreSQL takes 0.84-0.91 ms per quote even with one client (0.21-0.24 for the
+insert), so it is work, not contention. perf on the backends under load: the commit's WAL
+flush 12.8% of their CPU (the fdatasync alone 9.7%), CHECK constraints 9.8% (PostgreSQL
+rebuilds each table's CHECK expressions from their catalog text for every statement that
+writes: quotes_quote has 17), planning 9.7% (mostly the reservations read, planned each
+time on purpose: ~0.05 ms warm), the scheduler's context switches 11%.
 """
 
 from __future__ import annotations
