@@ -234,7 +234,8 @@ workers took 369 and 228 ms at once there (40-95 ms around it), as if both waite
 same lock or on the server; not explained yet.
 In 40 s runs the backends' CPU climbs at a constant rate (0.55 -> 0.77 of a core in one,
 0.59 -> 0.68 in another) and p95 by second with it. The database is new for every run and
-no autovacuum reached it within the run (`pg_stat_user_tables`: never analysed), so the
+this machine's PostgreSQL runs with `autovacuum = off` (`pg_stat_user_tables`: never
+analysed, never vacuumed; the embedded server of make run keeps the default, on), so the
 planner sizes tables by their pages alone, and with `random_page_cost` 4 it prefers
 sequential scans of the growing tables up to a few thousand rows: auto_explain showed the
 batch's lock of its executions and three of its updates scanning execution_execution in
