@@ -34,7 +34,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
-from psycopg import sql
 
 from config.bulk import insert_together
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
@@ -56,7 +55,7 @@ from quotes.solana_tx import (
 )
 from risk.audit import audit_event
 from risk.errors import InsufficientTreasury
-from risk.services import risk_check_quote
+from risk.services import QuoteRiskState, risk_check_quote, risk_quote_state_select
 from users.models import User, Wallet
 from users.signatures import InvalidAddress, validate_address
 
@@ -66,6 +65,7 @@ SOL_DECIMALS = NATIVE_DECIMALS["SOL"]
 # A system account must keep its rent-exempt minimum (0 data bytes) or transfers fail.
 TREASURY_RENT_RESERVE_LAMPORTS = 890_880
 IN_FLIGHT = (QuoteStatus.COMMITTED, QuoteStatus.EXECUTING)
+IN_FLIGHT_NAMES = [str(status) for status in IN_FLIGHT]
 EXPIRY_BATCH = 500
 
 
@@ -171,61 +171,66 @@ def _given_refund_address(*, source_chain: str, refund_to: str | None) -> str | 
 
 
 @dataclass(frozen=True, slots=True)
-class _Reservations:
+class _QuoteReads:
     memo_id: int  # the quote's deposit MEMO_ID
     committed_lamports: int  # promised to paid quotes not yet executed
     committed_tokens: dict[str, int]
     wallet_address: str | None  # the user's latest verified wallet on the source chain
+    risk: QuoteRiskState
 
 
 @functools.lru_cache(maxsize=8)
-def _reservations_statement(token_count: int) -> str:
-    """The statement for a work moving `token_count` tokens.
-
-    Planned afresh every time on purpose (not under `config.prepared`): the sum over
-    in-flight quotes must use the status index on a table that only grows, and a prepared
-    statement's cached plan, made while the table was small, stays a full scan (measured:
-    every quote read every quote) until something re-analyses the table."""
+def _reads_statement(token_count: int, risk_select: str) -> str:
+    """The statement for a work moving `token_count` tokens (its text, cached). Prepared
+    (config.prepared): its one plan that depends on a table's size, the in-flight quotes
+    on a table that only grows, is made inside `quotes_in_flight` (migration 0007), by the
+    status index whatever the table's size when the connection first runs it."""
     token_sums = "".join(
         ", COALESCE(SUM((token_outflows ->> %s::text)::numeric), 0)" for _ in range(token_count))
-    in_flight = sql.SQL(", ").join(sql.Literal(str(status)) for status in IN_FLIGHT).as_string()
     return (
         "SELECT nextval('quote_memo_id_seq'), "  # noqa: S608 - table names and our constants
         f"(SELECT address FROM {Wallet._meta.db_table} WHERE user_id = %s AND chain = %s "
-        " ORDER BY verified_at DESC LIMIT 1), committed.* "
-        f"FROM (SELECT COALESCE(SUM(max_lamports_spend), 0){token_sums} "
-        f"      FROM {Quote._meta.db_table} WHERE status IN ({in_flight})) AS committed"
+        " ORDER BY verified_at DESC LIMIT 1), risk.*, committed.* "
+        f"FROM ({risk_select}) AS risk, "
+        f"(SELECT COALESCE(SUM(max_lamports_spend), 0){token_sums} "
+        " FROM quotes_in_flight(%s)) AS committed"
     )
 
 
-def _reservations(*, user: User, source_chain: str, mints: list[str]) -> _Reservations:
-    """Everything quoting needs from the database, in ONE statement (hot path):
+def _quote_reads(*, user: User, source_chain: str, mints: list[str]) -> _QuoteReads:
+    """Everything quoting needs from the database, in ONE prepared statement (hot path):
 
+    * what the risk check needs (`risk_quote_state_select`): the breaker, today's counters;
     * what paid, not yet executed quotes already claim from the treasury (an indexed
       aggregate on status), SOL and each token the work moves;
-    * the next deposit memo id. It is drawn even if the inventory then refuses: a
-      sequence never rolls back anyway, and a gap in memo ids costs nothing;
+    * the next deposit memo id. It is drawn even if a check then refuses: a sequence
+      never rolls back anyway, and a gap in memo ids costs nothing;
     * the user's verified wallet on the source chain (the default refund address).
     """
-    with django_connection().cursor() as cursor:  # the thread's own, not the proxy
-        cursor.execute(_reservations_statement(len(mints)), [user.pk, source_chain, *mints])
-        memo, wallet, lamports, *tokens = cursor.fetchone()
-    return _Reservations(memo_id=int(memo), committed_lamports=int(lamports),
-                         committed_tokens={m: int(t) for m, t in zip(mints, tokens, strict=True)},
-                         wallet_address=wallet)
+    risk_select, risk_params = risk_quote_state_select(user_id=user.pk, source_chain=source_chain)
+    statement = _reads_statement(len(mints), risk_select)
+    # The thread's own connection, not the proxy (config.prepared.django_connection).
+    with prepared_statements(), django_connection().cursor() as cursor:
+        cursor.execute(statement, [user.pk, source_chain, *risk_params, *mints, IN_FLIGHT_NAMES])
+        memo, wallet, *row = cursor.fetchone()
+    risk_columns = len(QuoteRiskState.__slots__)
+    risk, (lamports, *tokens) = QuoteRiskState(*row[:risk_columns]), row[risk_columns:]
+    return _QuoteReads(memo_id=int(memo), committed_lamports=int(lamports),
+                       committed_tokens={m: int(t) for m, t in zip(mints, tokens, strict=True)},
+                       wallet_address=wallet, risk=risk)
 
 
-def _check_inventory(cost: WorkCost, reservations: _Reservations) -> None:
+def _check_inventory(cost: WorkCost, reads: _QuoteReads) -> None:
     """Refuse what the treasury could not fill (like Across's maxDepositInstant): its live
     balance (read with the simulation), less what paid quotes already claim, less the
     rent-exempt reserve its own account must keep."""
-    available = (cost.treasury_lamports - reservations.committed_lamports
+    available = (cost.treasury_lamports - reads.committed_lamports
                  - TREASURY_RENT_RESERVE_LAMPORTS)
     if cost.max_lamports_spend > available:
         raise InsufficientTreasury(details={"asset": "SOL", "required": str(cost.max_lamports_spend),
                                             "available": str(max(0, available))})
     for mint, amount in cost.token_outflows.items():
-        left = cost.treasury_token_balances.get(mint, 0) - reservations.committed_tokens[mint]
+        left = cost.treasury_token_balances.get(mint, 0) - reads.committed_tokens[mint]
         if amount > left:
             raise InsufficientTreasury(details={"asset": mint, "required": str(amount),
                                                 "available": str(max(0, left))})
@@ -302,17 +307,16 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
     service_fee = rate_ceil(source_amount + gas_estimate, knobs.service_fee_rate)
     total_cost = source_amount + gas_estimate + service_fee
 
+    reads = _quote_reads(user=user, source_chain=source_chain, mints=list(cost.token_outflows))
     risk_check_quote(user=user, lamports_spend=cost.max_lamports_spend,
-                     source_chain=source_chain, source_amount=total_cost)
-    reservations = _reservations(user=user, source_chain=source_chain,
-                                 mints=list(cost.token_outflows))
-    refund_address = given_refund_address or reservations.wallet_address
+                     source_chain=source_chain, source_amount=total_cost, state=reads.risk)
+    refund_address = given_refund_address or reads.wallet_address
     if refund_address is None:
         raise InvalidQuoteParameters(
             f"No verified {source_chain} wallet to refund to: give refund_to or verify a wallet",
             details={"field": "refund_to"},
         )
-    _check_inventory(cost, reservations)
+    _check_inventory(cost, reads)
 
     ttl = ttl_for_band(width, knobs.ttl_seconds)
     now = timezone.now()
@@ -334,7 +338,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
         payment_memo_type=MemoType.ID, refund_to=refund_address,
         # A MEMO_ID from the sequence (>= 10^15): unique per quote, fits a uint64, and
         # never collides with a user's balance-deposit memo (< 10^15).
-        payment_memo=str(reservations.memo_id),
+        payment_memo=str(reads.memo_id),
     )
     quote.service_signature = sign_quote(quote_public_payload(quote))
     # Creation is not a transition (nothing moves from one status to another): the quote

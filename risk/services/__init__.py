@@ -15,14 +15,18 @@ from risk.services.breaker import (
     breaker_trip_reconciliation_mismatch,
 )
 from risk.services.limits import (
+    QuoteRiskState,
     risk_check_quote,
     risk_consume_execution,
+    risk_quote_state,
+    risk_quote_state_select,
     risk_release_execution,
     risk_reserve_execution,
     treasury_balance_lamports,
 )
 
 __all__ = [
+    "QuoteRiskState",
     "Trigger",
     "alert_deliver",
     "alert_raise",
@@ -38,6 +42,8 @@ __all__ = [
     "breaker_trip_reconciliation_mismatch",
     "risk_check_quote",
     "risk_consume_execution",
+    "risk_quote_state",
+    "risk_quote_state_select",
     "risk_release_execution",
     "risk_reserve_execution",
     "treasury_balance_lamports",

@@ -347,34 +347,35 @@ _volume_lock = threading.Lock()
 _volume_counted_at: float | None = None  # time.monotonic() of this process's last count
 
 
-def breaker_check_quote_volume(*, force: bool = False) -> None:
-    """Trip on a quote volume spike. Counting runs at most every
-    VOLUME_CHECK_INTERVAL_SECONDS per process (one indexed aggregate), so calling this on
-    every quote costs nothing most of the time."""
+def breaker_check_quote_volume(*, force: bool = False) -> bool:
+    """Trip on a quote volume spike; True when this call tripped the breaker. Counting
+    runs at most every VOLUME_CHECK_INTERVAL_SECONDS per process (one indexed aggregate),
+    so calling this on every quote costs nothing most of the time."""
     global _volume_counted_at
     with _volume_lock:
         now = time.monotonic()
         interval = float(settings.VOLUME_CHECK_INTERVAL_SECONDS)
         if not force and _volume_counted_at is not None and now - _volume_counted_at < interval:
-            return
+            return False
         _volume_counted_at = now
-    _quote_volume_evaluate()
+    return _quote_volume_evaluate()
 
 
-def _quote_volume_evaluate() -> None:
+def _quote_volume_evaluate() -> bool:
     last_hour, baseline = quote_volume_counts()
     ratio = Decimal(settings.VOLUME_SPIKE_RATIO)
     floor = int(settings.VOLUME_SPIKE_FLOOR)
     # last_hour > ratio × (baseline / 24), kept in exact arithmetic.
     spiking = Decimal(last_hour) * VOLUME_BASELINE_HOURS > ratio * Decimal(baseline)
-    if last_hour > floor and spiking:
-        average = Decimal(baseline) / VOLUME_BASELINE_HOURS
-        _trip_committed_now(
-            trigger=Trigger.VOLUME_SPIKE,
-            reason=(f"{last_hour} quotes in the last hour, above {ratio}× the 24 h hourly "
-                    f"average ({average:.2f}) and the floor {floor}"),
-            details={"last_hour_quotes": last_hour, "baseline_24h_quotes": baseline,
-                     "hourly_average": str(average), "ratio": str(ratio), "floor": floor})
+    if not (last_hour > floor and spiking):
+        return False
+    average = Decimal(baseline) / VOLUME_BASELINE_HOURS
+    return _trip_committed_now(
+        trigger=Trigger.VOLUME_SPIKE,
+        reason=(f"{last_hour} quotes in the last hour, above {ratio}× the 24 h hourly "
+                f"average ({average:.2f}) and the floor {floor}"),
+        details={"last_hour_quotes": last_hour, "baseline_24h_quotes": baseline,
+                 "hourly_average": str(average), "ratio": str(ratio), "floor": floor})
 
 
 def breaker_trip_reconciliation_mismatch(*, report_id: Any, details: dict[str, Any]) -> bool:

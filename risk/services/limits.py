@@ -131,32 +131,60 @@ def _quote_state_statement() -> str:
     return _quote_state_sql
 
 
+@dataclass(frozen=True, slots=True)
+class QuoteRiskState:
+    """What the quote-time check reads: the breaker and today's three counters a quote
+    would consume (a missing row read as closed / nothing spent)."""
+
+    breaker_open: bool
+    solana_spent: int
+    source_spent: int
+    user_spent: int
+
+
+def risk_quote_state_select(*, user_id: Any, source_chain: str) -> tuple[str, list[Any]]:
+    """The quote-time check's read as a one-row sub-select (QuoteRiskState's columns, in
+    order) and its parameters (`%s` placeholders), for a caller that reads it inside its
+    own statement: `quote_create` does, so a quote makes one round trip for everything it
+    reads. Unique-index look-ups only: fit to be prepared (config.prepared)."""
+    day = utc_today()
+    return _quote_state_statement(), [str(Chain.SOLANA), day,
+                                      _source_chain_checked(source_chain), day, user_id, day]
+
+
+def risk_quote_state(*, user: User, source_chain: str) -> QuoteRiskState:
+    """`risk_quote_state_select` read on its own."""
+    select, params = risk_quote_state_select(user_id=user.pk, source_chain=source_chain)
+    with prepared_statements(), connection.cursor() as cursor:
+        cursor.execute(select, params)
+        return QuoteRiskState(*cursor.fetchone())
+
+
 def risk_check_quote(*, user: User, lamports_spend: int, source_chain: str,
-                     source_amount: int) -> None:
+                     source_amount: int, state: QuoteRiskState | None = None) -> None:
     """Refuse a quote the limits would refuse at execution: breaker open (503),
     over the per-transaction limit (400), or over what today's limits have left (429).
 
-    At most two queries: the (cached) quote volume count, and one row holding the breaker
-    state and the three counters, each a unique-index lookup.
+    `state`: what the caller already read with `risk_quote_state_select`; else it is read
+    here. Besides that read, at most one query: the (cached) quote volume count, which may
+    trip the breaker on this very quote.
     """
     source_chain = _source_chain_checked(source_chain)
     if lamports_spend < 0 or source_amount < 0:
         raise InvalidRequest("Amounts must not be negative", code="INVALID_QUOTE_PARAMETERS")
-    breaker_check_quote_volume()
-    limits = risk_limits()
-    day = utc_today()
-    # Unique-index look-ups on every quote: prepared (config.prepared).
-    with prepared_statements(), connection.cursor() as cursor:
-        cursor.execute(_quote_state_statement(), [str(Chain.SOLANA), day, source_chain, day,
-                                                  user.pk, day])
-        breaker_open, solana_spent, source_spent, user_spent = cursor.fetchone()
-    if breaker_open:
+    if breaker_check_quote_volume():
         raise CircuitBreakerOpen()
+    if state is None:
+        state = risk_quote_state(user=user, source_chain=source_chain)
+    if state.breaker_open:
+        raise CircuitBreakerOpen()
+    limits = risk_limits()
     _check_per_transaction(lamports=lamports_spend, limits=limits)
-    counters = _counters(limits=limits, user_id=user.pk, day=day, lamports=lamports_spend,
-                         source_chain=source_chain, source_amount=source_amount)
-    spent = {"solana_daily": solana_spent, f"{source_chain}_daily": source_spent,
-             "user_daily": user_spent}
+    counters = _counters(limits=limits, user_id=user.pk, day=utc_today(),
+                         lamports=lamports_spend, source_chain=source_chain,
+                         source_amount=source_amount)
+    spent = {"solana_daily": state.solana_spent, f"{source_chain}_daily": state.source_spent,
+             "user_daily": state.user_spent}
     # The user's own limit first: it is the one a client can act on.
     for counter in sorted(counters, key=lambda c: c.scope != "user_daily"):
         already = int(spent[counter.scope])

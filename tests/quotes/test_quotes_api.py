@@ -236,11 +236,11 @@ def test_seed_status_shows_the_execution(quote_settings, client, stellar_user):
 def test_quote_creation_query_budget(quote_settings, client, work, django_assert_max_num_queries):
     create(client, work)  # warm caches (throttle, feed, backend) outside the budget
     body = {"source_chain": "stellar", "instructions": work.as_json(work.sol_transfer(10**6))}
-    # token, idempotency claim + completion, risk limits (one row), reservations (in-flight
-    # commitments + memo id + refund wallet, one statement), quote + audit inserts = 7
-    # statements; the two atomic blocks (claim, quote) add 4 SAVEPOINT statements inside the
-    # test transaction, and a new publish second may add one price observation insert.
-    with django_assert_max_num_queries(12):
+    # token, idempotency claim + completion, one read (risk state, in-flight commitments,
+    # memo id, refund wallet), the quote and its audit row in one insert = 5 statements;
+    # the claim's atomic block adds 2 SAVEPOINT statements inside the test transaction, and
+    # a new publish second may add one price observation insert.
+    with django_assert_max_num_queries(8):
         response = client.post("/api/v1/quotes", body, format="json",
                                HTTP_IDEMPOTENCY_KEY="budget-1")
     assert response.status_code == 201
