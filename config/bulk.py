@@ -1,5 +1,6 @@
 """Writing several rows in one statement.
 
+`new_row`: a new instance, built faster than `Model(**values)`.
 `insert_together`: new rows of any tables as ONE statement (data-modifying CTEs), so they
 commit together with no BEGIN/COMMIT round trips and no ORM insert compiled per row; the
 statement is composed once per process and shape. `update_rows`: many rows, each with its
@@ -26,7 +27,7 @@ import re
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import connection, models
@@ -35,6 +36,31 @@ from django.db.models.fields import AutoFieldMixin
 from psycopg import sql
 
 from config.prepared import django_connection, raw_cursor
+
+M = TypeVar("M", bound=models.Model)
+
+# -- new rows -------------------------------------------------------------------------------
+
+_layouts: dict[type[models.Model],
+               tuple[list[str], frozenset[str], list[Callable[[], Any]]]] = {}
+
+
+def new_row(model: type[M], **values: Any) -> M:
+    """`model(**values)`, built through `Model.__init__`'s positional path: every concrete
+    field in order, its default where `values` has none. Values by attname (`user_id`, not
+    `user`). Keywords make Django match each one against the model's fields: ~150,000
+    instructions for a quote's 31 fields, against ~60,000 positionally."""
+    layout = _layouts.get(model)
+    if layout is None:
+        fields = model._meta.concrete_fields
+        names = [f.attname for f in fields]
+        layout = _layouts[model] = (names, frozenset(names), [f.get_default for f in fields])
+    names, known, defaults = layout
+    if not values.keys() <= known:
+        raise TypeError(f"{model.__name__} has no fields {sorted(values.keys() - known)}"
+                        " (values go by attname: user_id, not user)")
+    return model(*[values[name] if name in values else default()
+                   for name, default in zip(names, defaults, strict=True)])
 
 # -- values, prepared as the ORM prepares them --------------------------------------------
 #

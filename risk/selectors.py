@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from django.conf import settings
@@ -43,21 +47,33 @@ def utc_today() -> dt.date:
 class RiskLimits:
     """The configured limits in smallest units (settings hold whole SOL / XLM / NEAR)."""
 
-    chain_daily: dict[str, int]
+    chain_daily: Mapping[str, int]
     user_daily_lamports: int
     per_transaction_lamports: int
 
 
 def risk_limits() -> RiskLimits:
+    """The limits as the settings say now (read on every call, so a changed setting counts
+    at once), converted once per distinct set of values."""
+    return _limits_in_smallest_units(
+        settings.SOLANA_DAILY_LIMIT, settings.STELLAR_DAILY_LIMIT, settings.NEAR_DAILY_LIMIT,
+        settings.USER_DAILY_LIMIT_SOL, settings.PER_TRANSACTION_LIMIT_SOL)
+
+
+@functools.lru_cache(maxsize=16)
+def _limits_in_smallest_units(solana_daily: Decimal, stellar_daily: Decimal, near_daily: Decimal,
+                              user_daily_sol: Decimal, per_transaction_sol: Decimal) -> RiskLimits:
+    # Five Decimal scalings were ~70,000 instructions of every quote. The result is
+    # shared by every caller: read-only (frozen, its mapping a proxy).
     sol = NATIVE_DECIMALS["SOL"]
     return RiskLimits(
-        chain_daily={
-            Chain.SOLANA: whole_to_smallest(settings.SOLANA_DAILY_LIMIT, sol),
-            Chain.STELLAR: whole_to_smallest(settings.STELLAR_DAILY_LIMIT, NATIVE_DECIMALS["XLM"]),
-            Chain.NEAR: whole_to_smallest(settings.NEAR_DAILY_LIMIT, NATIVE_DECIMALS["NEAR"]),
-        },
-        user_daily_lamports=whole_to_smallest(settings.USER_DAILY_LIMIT_SOL, sol),
-        per_transaction_lamports=whole_to_smallest(settings.PER_TRANSACTION_LIMIT_SOL, sol),
+        chain_daily=MappingProxyType({
+            Chain.SOLANA: whole_to_smallest(solana_daily, sol),
+            Chain.STELLAR: whole_to_smallest(stellar_daily, NATIVE_DECIMALS["XLM"]),
+            Chain.NEAR: whole_to_smallest(near_daily, NATIVE_DECIMALS["NEAR"]),
+        }),
+        user_daily_lamports=whole_to_smallest(user_daily_sol, sol),
+        per_transaction_lamports=whole_to_smallest(per_transaction_sol, sol),
     )
 
 

@@ -35,7 +35,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from config.bulk import insert_together
+from config.bulk import insert_together, new_row
 from config.chains import NATIVE_ASSET, NATIVE_DECIMALS, SOURCE_CHAINS, Chain, format_amount
 from config.prepared import django_connection, prepared_statements
 from quotes.errors import InvalidQuoteParameters, QuoteNotFound, QuoteNotPending
@@ -320,9 +320,9 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
 
     ttl = ttl_for_band(width, knobs.ttl_seconds)
     now = timezone.now()
-    quote = Quote(
-        id=uuid.uuid4(), user=user, status=QuoteStatus.PENDING, source_chain=source_chain,
-        source_asset=source_symbol, source_amount=Decimal(source_amount),
+    quote = new_row(
+        Quote, id=uuid.uuid4(), user_id=user.pk, status=QuoteStatus.PENDING,
+        source_chain=source_chain, source_asset=source_symbol, source_amount=Decimal(source_amount),
         service_fee=Decimal(service_fee), gas_estimate=Decimal(gas_estimate),
         total_cost=Decimal(total_cost), destination_amount=Decimal(cost.max_lamports_spend),
         treasury_outflow_lamports=Decimal(cost.treasury_outflow_lamports),
@@ -340,6 +340,7 @@ def quote_create(*, user: User, source_chain: str, solana_transaction_base64: An
         # never collides with a user's balance-deposit memo (< 10^15).
         payment_memo=str(reads.memo_id),
     )
+    Quote.user.field.set_cached_value(quote, user)
     quote.service_signature = sign_quote(quote_public_payload(quote))
     # Creation is not a transition (nothing moves from one status to another): the quote
     # row and its audit event record it; transition rows start at the first change.

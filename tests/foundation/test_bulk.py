@@ -302,3 +302,40 @@ def test_every_field_type_round_trips_exactly_through_update_rows(mode):
     stored_attempt = ExecutionAttempt.objects.values(*attempt_values).get(pk=attempt.pk)
     assert {**stored_attempt, "signed_transaction": bytes(stored_attempt["signed_transaction"])
             } == attempt_values
+
+
+# -- new_row --------------------------------------------------------------------------------
+
+def field_values(row) -> dict:
+    return {f.attname: getattr(row, f.attname) for f in type(row)._meta.concrete_fields}
+
+
+def test_new_row_builds_what_the_keyword_constructor_builds():
+    from config.bulk import new_row
+
+    source = QuoteFactory.build(user=UserFactory())
+    values = field_values(source)
+    built, keyword = new_row(Quote, **values), Quote(**values)
+    assert field_values(built) == field_values(keyword) == values
+    assert built._state.adding and built._state.db is None
+
+
+def test_new_row_fills_defaults_as_the_model_does():
+    from config.bulk import new_row
+
+    before = dt.datetime.now(dt.UTC)
+    event = new_row(AuditEvent, event_type="drill", actor="pytest")
+    assert event.id is not None and event.id != new_row(AuditEvent, event_type="x", actor="y").id
+    assert event.created_at >= before
+    assert (event.entity_type, event.entity_id, event.user_id, event.details) == ("", "", None, {})
+    insert_together(event)
+    assert AuditEvent.objects.get(pk=event.pk).event_type == "drill"
+
+
+def test_new_row_refuses_names_that_are_not_field_attnames():
+    from config.bulk import new_row
+
+    with pytest.raises(TypeError, match="user_id, not user"):
+        new_row(AuditEvent, event_type="drill", actor="pytest", user=UserFactory())
+    with pytest.raises(TypeError, match="no fields \\['colour'\\]"):
+        new_row(AuditEvent, event_type="drill", actor="pytest", colour="red")
