@@ -1,6 +1,7 @@
 """Quote-creation benchmark: `POST /api/v1/quotes` beside a trivial DRF insert endpoint.
 
     .venv/bin/python bench/quotes.py [--duration 20] [--concurrency 16] [--servers make-run,gunicorn]
+    .venv/bin/python bench/quotes.py --rounds 3         # alternate the two endpoints, medians
     .venv/bin/python bench/quotes.py --profile 300      # cProfile of quote_create in-process
 
 What runs, all on this machine, fresh for the run:
@@ -210,6 +211,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -581,12 +583,59 @@ def report(name: str, result: dict[str, Any]) -> None:
         log(f"  {'':<16} CPU ms per successful request: {per}")
 
 
+def measure_round(port: int, servers: list[subprocess.Popen[bytes]], sandbox: Any,
+                  base_url: str, db_name: str, tokens: list[str], quote_bodies: list[bytes],
+                  insert_bodies: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    """One round: the quotes, then the trivial insert, on the same server processes, each
+    after its own warm-up, with the CPU each process group spent per successful request."""
+    results: dict[str, Any] = {}
+    for name, path, bodies in (("quotes", "/api/v1/quotes", quote_bodies),
+                               ("trivial insert", "/bench/insert", insert_bodies)):
+        load = Load(port, path, bodies, tokens, args.concurrency)
+        load.run(args.warmup)
+        pids = {"server": [p.pid for p in servers], "sandbox": [sandbox.pid],
+                "postgres": postgres_backends(base_url, db_name)}
+        cpu_before = cpu_seconds(pids)
+        results[name] = load.run(args.duration)
+        # Backends the servers' pools opened during the run count whole.
+        pids["postgres"] = sorted({*pids["postgres"], *postgres_backends(base_url, db_name)})
+        cpu_after = cpu_seconds(pids)
+        ok = max(results[name]["count"], 1)
+        results[name]["cpu_ms_per_ok"] = {
+            k: 1000 * (cpu_after[k] - cpu_before[k]) / ok for k in cpu_after}
+    return results
+
+
+def round_medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per endpoint the median of each round's throughput and percentiles, and the median
+    of the rounds' own ratios (not the ratio of the medians)."""
+    medians: dict[str, Any] = {"ratio": statistics.median(r["ratio"] for r in rounds)}
+    for name in ("quotes", "trivial insert"):
+        medians[name] = {key: statistics.median(r[name][key] for r in rounds)
+                         for key in ("throughput", "p50_ms", "p95_ms", "p99_ms")}
+    return medians
+
+
+def report_medians(described: str, rounds: list[dict[str, Any]]) -> None:
+    medians = round_medians(rounds)
+    quotes = [r["quotes"]["throughput"] for r in rounds]
+    ratios = [r["ratio"] for r in rounds]
+    log(f"{described}, median of {len(rounds)} rounds (range): quotes "
+        f"{medians['quotes']['throughput']:.1f} req/s ({min(quotes):.0f}-{max(quotes):.0f}), "
+        f"p95 {medians['quotes']['p95_ms']:.1f} ms; trivial insert "
+        f"{medians['trivial insert']['throughput']:.1f} req/s; ratio {medians['ratio']:.2f} "
+        f"({min(ratios):.2f}-{max(ratios):.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per endpoint")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="quotes then insert, this many times on the same servers; "
+                             "prints each round and the medians (a noisy host moves single runs)")
     parser.add_argument("--servers", default=MAKE_RUN,
                         help="comma list of: " + "; ".join(f"{k}: {v}"
                                                           for k, v in SERVER_KINDS.items()))
@@ -649,30 +698,25 @@ def main() -> int:
                 if not wait_http("127.0.0.1", port, "/health", 60):
                     log(f"{kind} did not start")
                     return 1
-                results = {}
-                for name, path, bodies in (("quotes", "/api/v1/quotes", quote_bodies),
-                                           ("trivial insert", "/bench/insert", insert_bodies)):
-                    load = Load(port, path, bodies, tokens, args.concurrency)
-                    load.run(args.warmup)
-                    pids = {"server": [p.pid for p in servers], "sandbox": [sandbox.pid],
-                            "postgres": postgres_backends(base_url, db_name)}
-                    cpu_before = cpu_seconds(pids)
-                    results[name] = load.run(args.duration)
-                    # Backends the servers' pools opened during the run count whole.
-                    pids["postgres"] = sorted({*pids["postgres"],
-                                               *postgres_backends(base_url, db_name)})
-                    cpu_after = cpu_seconds(pids)
-                    ok = max(results[name]["count"], 1)
-                    results[name]["cpu_ms_per_ok"] = {
-                        k: 1000 * (cpu_after[k] - cpu_before[k]) / ok for k in cpu_after}
                 described = kind if kind == "daphne-1" else f"{kind} x{processes}"
-                log(f"{described}:")
-                for name, result in results.items():
-                    report(name, result)
-                ratio = results["quotes"]["throughput"] / max(results["trivial insert"]["throughput"], 1e-9)
-                log(f"  quotes / trivial insert throughput = {ratio:.2f}")
-                summary[described] = {**{k: {m: v for m, v in r.items() if m != "statuses"}
-                                    for k, r in results.items()}, "ratio": ratio}
+                rounds = []
+                for round_number in range(1, args.rounds + 1):
+                    results = measure_round(port, servers, sandbox, base_url, db_name, tokens,
+                                            quote_bodies, insert_bodies, args)
+                    ratio = (results["quotes"]["throughput"]
+                             / max(results["trivial insert"]["throughput"], 1e-9))
+                    log(f"{described}:" if args.rounds == 1
+                        else f"{described}, round {round_number} of {args.rounds}:")
+                    for name, result in results.items():
+                        report(name, result)
+                    log(f"  quotes / trivial insert throughput = {ratio:.2f}")
+                    rounds.append({**{k: {m: v for m, v in r.items() if m != "statuses"}
+                                      for k, r in results.items()}, "ratio": ratio})
+                if args.rounds == 1:
+                    summary[described] = rounds[0]
+                else:
+                    summary[described] = {"rounds": rounds, "median": round_medians(rounds)}
+                    report_medians(described, rounds)
             finally:
                 for server in servers:
                     stop(server)
