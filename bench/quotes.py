@@ -197,6 +197,41 @@ flush 12.8% of their CPU (the fdatasync alone 9.7%), CHECK constraints 9.8% (Pos
 rebuilds each table's CHECK expressions from their catalog text for every statement that
 writes: quotes_quote has 17), planning 9.7% (mostly the reservations read, planned each
 time on purpose: ~0.05 ms warm), the scheduler's context switches 11%.
+
+Session 11 (2026-11-22, a third host phase; the untouched trivial insert 677-1,061/s).
+Three changes on the quote path: one prepared statement reads the risk state, the in-flight
+commitments, the memo id and the refund wallet (two statements before, the second planned
+for every quote); `risk_limits()` converts its five Decimal settings once per set of
+values; a quote and its audit row are built through Model.__init__'s positional path
+(`config.bulk.new_row`). Prepared as written, the in-flight sum kept a full-scan plan on
+about half the connections (one 15 s run: 6,304 sequential scans of quotes_quote reading
+36.6 M rows, as the table had no statistics when those connections first planned it), so
+the in-flight quotes come from `quotes_in_flight()`, a plpgsql function whose cached plan is
+made with sequential scans off (tests/quotes/test_quotes_reads.py fails without that SET).
+Callgrind, 100 requests in-process through the serving handler (4743afd -> 85af9cf): quote
+5.34 -> 5.06 M instructions (-5%), trivial insert 2.46 -> 2.46 M. PostgreSQL CPU per quote
+under load 0.80-0.88 -> 0.59-0.73 ms. Back to back, make-run, 16 clients, 10 s:
+    4743afd  447 | 483 | 524 quotes/s   ratio 0.50 | 0.52 | 0.54   CPU/quote 4.07 | 3.76 | 3.64 ms
+    85af9cf  614 | 497 | 546 quotes/s   ratio 0.72 | 0.54 | 0.61   CPU/quote 3.10 | 3.67 | 3.44 ms
+then five more single runs of 85af9cf: 600, 526, 477, 651, 546 quotes/s (p95 43-59 ms, ratio
+0.55-0.75; total CPU per quote 2.92-3.85 ms, the insert's 1.62-1.96). Later, in a slow
+phase of the host (the insert 677-810/s), `--rounds 5`: quotes 366-485/s, median 451, p95
+56-76 ms, ratio 0.48-0.66, median 0.59. Same code a minute apart took 2.30 and 3.29 ms of
+server CPU per quote; an in-process run over 14,000 quotes stayed flat (1.31-1.58 ms Python,
+0.47-0.58 ms PostgreSQL per quote), so that is the host, not the growing table. So #12's
+500/s holds in the host's fast phases (6 of 8 single runs, median 546/s), not in its
+slow ones; p95 and the ratio hold in every run. Measured and not kept:
+* WEB_HTTP_THREADS=4 instead of 8: 487 | 515 against 530 | 596 quotes/s alternated.
+* 3 or 4 web processes on 2 cores: 493 | 471 quotes/s, each trivial insert dearer (server
+  CPU 1.77-1.84 ms against 1.39): the ratio rises for the wrong reason.
+* h11 for the RPC transport: 5.28 M instructions per quote against http.client's 5.17;
+  a minimal hand-written client 4.86 (-6%): not taken, for the reason an earlier session took its
+  own transport back out (an HTTP parser to own); http.client's email-based header parsing is
+  the bulk of the difference.
+* solders' ed25519 signing instead of PyNaCl's: 544,000 instructions a signature against
+  320,000 (the same signature).
+* orjson: a quote's JSON (request, snapshot, signature's canonical form, response) is under
+  30 us of encoding in all.
 """
 
 from __future__ import annotations
