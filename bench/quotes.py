@@ -651,8 +651,8 @@ def round_medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return medians
 
 
-def report_medians(described: str, rounds: list[dict[str, Any]]) -> None:
-    medians = round_medians(rounds)
+def report_medians(described: str, rounds: list[dict[str, Any]],
+                   medians: dict[str, Any]) -> None:
     quotes = [r["quotes"]["throughput"] for r in rounds]
     ratios = [r["ratio"] for r in rounds]
     log(f"{described}, median of {len(rounds)} rounds (range): quotes "
@@ -750,8 +750,9 @@ def main() -> int:
                 if args.rounds == 1:
                     summary[described] = rounds[0]
                 else:
-                    summary[described] = {"rounds": rounds, "median": round_medians(rounds)}
-                    report_medians(described, rounds)
+                    medians = round_medians(rounds)
+                    summary[described] = {"rounds": rounds, "median": medians}
+                    report_medians(described, rounds, medians)
             finally:
                 for server in servers:
                     stop(server)

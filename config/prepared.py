@@ -12,9 +12,10 @@ Only for statements whose plan cannot go stale: inserts of values, look-ups and 
 a unique key. A statement whose best plan depends on its values or on a table's growth
 (a range over a skewed column, a sum over rows of one status) must stay outside: after
 five executions PostgreSQL may keep a generic plan for it. Such a statement inside a
-prepared block runs under `planned_each_time()`. One exception, argued where it is made:
-a quote's one read (`quotes.services.quotes._reads_statement`), whose sum over in-flight
-quotes has the same plan for every value and is planned again as the table grows.
+prepared block runs under `planned_each_time()`. A quote's one read
+(`quotes.services.quotes._reads_statement`) is prepared although it sums over in-flight
+quotes: that sum reads them through `quotes_in_flight()` (migration quotes/0007), whose
+own cached plan is made with sequential scans off, so it stays on the status index.
 
 Bound server-side, Django sends a bare Python int inside an expression (`F("amount") + n`)
 as int4. Too big for it, it either fails (a yoctoNEAR amount: OverflowError) or, seen in a

@@ -137,9 +137,9 @@ class QuoteRiskState:
     would consume (a missing row read as closed / nothing spent)."""
 
     breaker_open: bool
-    solana_spent: int
-    source_spent: int
-    user_spent: int
+    solana_spent: Decimal  # numeric columns, read as PostgreSQL sends them
+    source_spent: Decimal
+    user_spent: Decimal
 
 
 def risk_quote_state_select(*, user_id: Any, source_chain: str) -> tuple[str, list[Any]]:
