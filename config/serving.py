@@ -18,7 +18,8 @@ does, into a spooled temporary file), so a slow client never holds a thread.
 Importing this module also trims two things daphne's twisted layer does on every request
 that nobody uses (`_raw_body_requests`, `_no_twisted_access_log`): parsing POST bodies as
 HTML forms (~60 µs of CPU per POST) and formatting a second access-log line into a log
-daphne discards (~2.5% of a request's CPU).
+daphne discards (~2.5% of a request's CPU), and freezes what start-up allocated
+(`_freeze_start_up_objects`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import gc
 import inspect
 import io
 import os
@@ -338,6 +340,21 @@ class WebApplication:
             await asgi_application(scope, receive, send)
 
 
+def _freeze_start_up_objects() -> None:
+    """Move everything start-up allocated out of the garbage collector's sight.
+
+    Modules, settings, models, the handlers and their middleware live as long as the
+    process (~220,000 objects once Django and the chain SDKs are loaded), yet every full
+    collection walks them all: one per ~2,000 requests here, ~0.07 ms of CPU per quote
+    (gc.callbacks over 2,000 in-process quotes). `gc.freeze()` is the interpreter's own
+    tool for this; the collection before it keeps start-up's garbage out of the frozen set.
+    Objects made later are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 _raw_body_requests()
 _no_twisted_access_log()
 application = WebApplication(threads=settings.WEB_HTTP_THREADS)
+_freeze_start_up_objects()
