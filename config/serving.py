@@ -18,7 +18,8 @@ does, into a spooled temporary file), so a slow client never holds a thread.
 Importing this module also trims two things daphne's twisted layer does on every request
 that nobody uses (`_raw_body_requests`, `_no_twisted_access_log`): parsing POST bodies as
 HTML forms (~60 µs of CPU per POST) and formatting a second access-log line into a log
-daphne discards (~2.5% of a request's CPU), and freezes what start-up allocated
+daphne discards (~2.5% of a request's CPU). It also spreads new connections over the web
+processes (`_one_accept_per_wakeup`) and freezes what start-up allocated
 (`_freeze_start_up_objects`).
 """
 
@@ -42,6 +43,7 @@ from asgiref.sync import SyncToAsync
 from daphne import http_protocol
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
+from twisted.internet import tcp
 from twisted.web import http
 
 from config.admin_paths import is_admin_path
@@ -340,6 +342,30 @@ class WebApplication:
             await asgi_application(scope, receive, send)
 
 
+def _one_accept_per_wakeup() -> None:
+    """Make each web process accept one new connection per wake-up of its event loop.
+
+    Every web process accepts on the one listening socket, and twisted accepts up to
+    `numberAccepts` connections per readiness event (100 at first, 20 more each time it
+    used them all). A burst of new keep-alive connections (a load balancer's, a client's
+    pool) then lands on whichever process woke first: bench/quotes.py's 16 clients
+    settled 13/3, 14/2 or 10/6, and the crowded process's GIL bounded the rate while the
+    other idled. One per wake-up lets each idle process take its share, and a busy one,
+    slower to wake, takes fewer (8/8 to 6/10 in the same runs). The cost is a wake-up
+    per new connection, not per request.
+    """
+    if getattr(tcp.Port, "one_accept_per_wakeup", False):
+        return  # already done in this process
+    accept_connections = tcp.Port.doRead
+
+    def doRead(self: tcp.Port) -> None:  # noqa: N802 - twisted's name
+        self.numberAccepts = 1
+        accept_connections(self)
+
+    tcp.Port.doRead = doRead  # type: ignore[method-assign]
+    tcp.Port.one_accept_per_wakeup = True  # type: ignore[attr-defined]
+
+
 def _freeze_start_up_objects() -> None:
     """Move everything start-up allocated out of the garbage collector's sight.
 
@@ -356,5 +382,7 @@ def _freeze_start_up_objects() -> None:
 
 _raw_body_requests()
 _no_twisted_access_log()
+_one_accept_per_wakeup()
 application = WebApplication(threads=settings.WEB_HTTP_THREADS)
 _freeze_start_up_objects()
+

@@ -54,3 +54,48 @@ def test_start_up_objects_are_frozen_out_of_full_collections():
     tracked = {id(obj) for obj in gc.get_objects()}
     assert id(config.serving.application.__dict__) not in tracked
     assert id(config.serving.application.http.__dict__) not in tracked
+
+
+def test_a_web_process_accepts_one_waiting_connection_per_wakeup():
+    """Connections waiting on the shared listening socket are taken one per wake-up, so
+    a burst of them spreads over the web processes instead of landing on the first."""
+    import socket
+
+    from twisted.internet import protocol, tcp
+
+    import config.serving  # noqa: F401
+
+    accepted: list[object] = []
+
+    class Counting(protocol.ServerFactory):
+        def buildProtocol(self, addr: object) -> protocol.Protocol:
+            accepted.append(addr)
+            return protocol.Protocol()
+
+    class Readers:
+        """The reactor's part a listening port uses; doRead is called as the loop would."""
+
+        def __init__(self) -> None:
+            self.readers: set[object] = set()
+
+        def addReader(self, reader: object) -> None:  # noqa: N802 - twisted's names
+            self.readers.add(reader)
+
+        def removeReader(self, reader: object) -> None:  # noqa: N802
+            self.readers.discard(reader)
+
+    reactor = Readers()
+    port = tcp.Port(0, Counting(), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)]
+    try:
+        port.doRead()
+        assert len(accepted) == 1
+        port.doRead()
+        port.doRead()
+        assert len(accepted) == 3
+    finally:
+        for client in clients:
+            client.close()
+        for reader in reactor.readers:  # the port and the accepted connections
+            reader.socket.close()  # type: ignore[attr-defined]
