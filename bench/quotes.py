@@ -19,8 +19,9 @@ What runs, all on this machine, fresh for the run:
   audit row: the baseline. It lives in a urls module this script writes to a temporary
   directory, not in production code;
 * N users signed in by creating their tokens through the ORM, each with a verified
-  Stellar wallet; a thread pool of keep-alive HTTP clients sends for `--duration` seconds
-  per endpoint after a short warm-up.
+  Stellar wallet; a thread pool of keep-alive HTTP clients (prebuilt requests on raw
+  sockets, as wrk sends them) sends for `--duration` seconds per endpoint after a short
+  warm-up.
 
 Fairness knobs set for both endpoints: access logging at WARNING, throttles raised (the
 default per-IP quota would cap a single-host load generator), and the volume-spike breaker
@@ -232,6 +233,51 @@ slow ones; p95 and the ratio hold in every run. Measured and not kept:
   320,000 (the same signature).
 * orjson: a quote's JSON (request, snapshot, signature's canonical form, response) is under
   30 us of encoding in all.
+
+Session 12 (2026-11-22, later; the untouched trivial insert 223-773/s over the session, with
+/proc/stat's stolen time at 0% through the runs checked: the host's cores were slower, not
+withheld). Three
+changes, none on the quote's own code path:
+* The load generator sends prebuilt requests on raw kept-alive sockets and frames answers
+  by Content-Length (`KeptAliveConnection`, as wrk does) instead of http.client: its CPU per
+  request 0.54 | 0.49 -> 0.06-0.09 ms for quotes, 0.43 | 0.42 -> 0.05-0.08 for the insert,
+  from ~10% of a quote's CPU on these two cores to ~2%. Both endpoints gain the same
+  absolute time, so the ratio tells a little less in the quotes' favour than before.
+* The web processes accept one new connection per event-loop wake-up
+  (`config.serving._one_accept_per_wakeup`): the 16 clients had settled 10/6, 13/3 and 5/11
+  over the two processes, now 8/8, 7/9, 6/10, 10/6. Alternated, 3 pairs, 16 clients, 10 s:
+  without 333 | 330 | 372 quotes/s, server CPU 3.62 | 3.57 | 3.33 ms per quote; with 384 |
+  366 | 350 quotes/s, 3.21 | 3.34 | 3.17 ms (a crowded process pays for its threads'
+  contention for its GIL).
+* gc.freeze() after start-up (`config.serving._freeze_start_up_objects`): in-process, 2,000
+  quotes, full collections cost 0.063-0.074 ms per quote (one walk of ~200,000-250,000
+  start-up objects), none after; young collections unchanged (~0.06 ms per quote).
+Then, make-run, 16 clients, 10 s, `--rounds 5`, the insert at 694-773/s: quotes 371-433/s,
+median 392, p95 59-74 ms, ratio 0.48-0.62 (median 0.53); CPU per quote: server 2.86-3.22 ms,
+PostgreSQL 0.74-0.92, sandbox 0.44-0.48, load generator 0.06-0.07: 4.1-4.7 ms in all, so
+two cores cap the rate at 425-490/s and the runs kept them ~88% busy. 24 clients,
+`--rounds 2`: 431 | 437 quotes/s, p95 84-89 ms, ratio 0.59-0.61. Where the rest goes, for
+whoever picks this up:
+* PostgreSQL, backend CPU per statement, in-process over 2,000 calls: SELECT 1 0.055 ms
+  (the round trip's floor), the token look-up 0.080, the quote's read 0.155; a whole quote
+  0.94 (its insert of quote and audit row with the commit is the rest), the trivial insert
+  0.55. The commit's WAL flush is ~0.07 ms of it (an insert with synchronous_commit on
+  0.143-0.150 ms, off 0.070-0.077), and stays on: a committed quote or memo id lost in a
+  crash could be quoted again to someone else while its payer's deposit is on its way.
+* The sandbox, per quote's batch: LiteSVM's simulation 31 us (12 without the memo
+  instruction, a BPF program), its JSON-RPC dispatch and JSON 0.15 ms, its process 0.41-0.51
+  ms in all: the rest is the stdlib HTTP server (the email package parses request headers)
+  and the loopback socket.
+Measured and not kept:
+* aiohttp serving the sandbox: 0.58 | 0.85 ms of sandbox CPU per batch against the stdlib
+  server's 0.47 | 0.60, alternated.
+* Parsing the sandbox's request headers by hand instead of through the email package: ~50
+  us of its ~0.45 ms per batch (thread CPU, 5 alternated rounds), ~1% of a quote: not worth
+  an HTTP parser of our own.
+* pycurl (libcurl) for the Solana transport: 88-136 us of client CPU per RPC call against
+  http.client's 202-262 (~3% of a quote). libcurl sends a request again, POSTs included,
+  when a reused connection dies before any answer, which would repeat a sendTransaction the
+  transport must never repeat (its outcome is decided by the signature's status instead).
 """
 
 from __future__ import annotations
