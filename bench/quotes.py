@@ -236,8 +236,7 @@ slow ones; p95 and the ratio hold in every run. Measured and not kept:
 
 Session 12 (2026-11-22, later; the untouched trivial insert 223-773/s over the session, with
 /proc/stat's stolen time at 0% through the runs checked: the host's cores were slower, not
-withheld). Three
-changes, none on the quote's own code path:
+withheld). Three changes, none on the quote's own code path:
 * The load generator sends prebuilt requests on raw kept-alive sockets and frames answers
   by Content-Length (`KeptAliveConnection`, as wrk does) instead of http.client: its CPU per
   request 0.54 | 0.49 -> 0.06-0.09 ms for quotes, 0.43 | 0.42 -> 0.05-0.08 for the insert,
@@ -402,7 +401,7 @@ class KeptAliveConnection:
     with as little client work as possible, as wrk does. The load generator shares the
     machine's cores with the servers it measures, so every microsecond it spends per
     request is taken from them: http.client's request building and email-based header
-    parsing cost ~0.3 ms per request here, about a tenth of a quote's whole CPU.
+    parsing cost ~0.4 ms per request here, about a tenth of a quote's whole CPU.
     Answers must carry Content-Length (Django's and twisted's always do here)."""
 
     def __init__(self, port: int) -> None:
