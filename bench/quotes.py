@@ -273,6 +273,12 @@ Measured and not kept:
 * Parsing the sandbox's request headers by hand instead of through the email package: ~50
   us of its ~0.45 ms per batch (thread CPU, 5 alternated rounds), ~1% of a quote: not worth
   an HTTP parser of our own.
+* WEB_HTTP_THREADS=4 instead of 8, now that connections spread evenly (alternated, 3
+  pairs): quotes 476 | 442 | 409/s against 439 | 420 | 425, the trivial insert 975 | 941 |
+  799/s against 742 | 694 | 708 (fewer threads contend less for a process's GIL), so the
+  ratio 0.47-0.51 against 0.59-0.60. Kept at 8: against a live RPC node a quote's
+  simulation waits ~50-200 ms on the network, and 4 threads per process would cap the
+  service near 8 / 0.1 s = 80 quotes/s whatever the CPU; the sandbox answers in 1 ms.
 * pycurl (libcurl) for the Solana transport: 88-136 us of client CPU per RPC call against
   http.client's 202-262 (~3% of a quote). libcurl sends a request again, POSTs included,
   when a reused connection dies before any answer, which would repeat a sendTransaction the
